@@ -1,0 +1,97 @@
+"""Build an albumentations pipeline from an ``augmentation`` config node.
+
+A policy is a list of transforms, each ``{_target_: albumentations.<Name>, ...kwargs}``, plus a
+scalar ``magnitude`` (1.0 = as written). Magnitude scales each transform's strength parameters
+towards or away from their identity value, using one table (``STRENGTH``) rather than per-policy
+code, so ``augmentation=strong augmentation.magnitude=0.5`` and a sweep over magnitude both work.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import albumentations as A
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from nscfate.errors import NscfateError
+
+#: For each transform: its strength parameters and the value at which each does nothing.
+STRENGTH: dict[str, dict[str, float]] = {
+    "Affine": {"translate_percent": 0.0, "scale": 1.0, "rotate": 0.0, "shear": 0.0},
+    "RandomBrightnessContrast": {"brightness_limit": 0.0, "contrast_limit": 0.0},
+    "RandomGamma": {"gamma_limit": 100.0},
+    "GaussianBlur": {"sigma_limit": 0.0},
+    "Defocus": {"alias_blur": 0.0},
+    "GaussNoise": {"std_range": 0.0},
+}
+
+
+def scale_params(name: str, params: Mapping[str, Any], magnitude: float) -> dict[str, Any]:
+    """Scale the strength parameters of transform ``name`` by ``magnitude`` about their identity."""
+    out = dict(params)
+    for key, identity in STRENGTH.get(name, {}).items():
+        if key in out and out[key] is not None:
+            out[key] = _scale(out[key], identity, magnitude)
+    return out
+
+
+def _scale(value: Any, identity: float, magnitude: float) -> Any:
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return (
+            type(value)(_scale(v, identity, magnitude) for v in value)
+            if isinstance(value, tuple)
+            else [_scale(v, identity, magnitude) for v in value]
+        )
+    if isinstance(value, Mapping):
+        return {k: _scale(v, identity, magnitude) for k, v in value.items()}
+    return identity + magnitude * (float(value) - identity)
+
+
+def build_augmentation(
+    cfg: DictConfig | Mapping | None, seed: int | None = None
+) -> A.Compose | None:
+    """Instantiate the policy's transforms (scaled by its magnitude) as one ``A.Compose``.
+
+    Returns None for an empty policy (``augmentation=none``).
+    """
+    if cfg is None:
+        return None
+    node = OmegaConf.create(cfg) if not isinstance(cfg, DictConfig) else cfg
+    magnitude = float(node.get("magnitude", 1.0))
+    if magnitude < 0:
+        raise NscfateError(f"augmentation.magnitude={magnitude}: expected a value >= 0")
+    transforms = [_build_one(t, magnitude, i) for i, t in enumerate(node.get("transforms") or [])]
+    if not transforms:
+        return None
+    return A.Compose(transforms, seed=seed)
+
+
+def _build_one(spec: DictConfig, magnitude: float, position: int) -> A.BasicTransform:
+    params = OmegaConf.to_container(spec, resolve=True)
+    target = str(params.get("_target_", ""))
+    if not target.startswith("albumentations."):
+        raise NscfateError(
+            f"augmentation.transforms[{position}]._target_={target!r}: expected an albumentations "
+            "transform such as albumentations.HorizontalFlip"
+        )
+    name = target.rsplit(".", 1)[-1]
+    _check_arguments(get_class(target), params, position, name)
+    try:
+        return instantiate(scale_params(name, params, magnitude))
+    except Exception as err:
+        raise NscfateError(f"augmentation.transforms[{position}] ({name}): {err}") from err
+
+
+def _check_arguments(cls: type, params: Mapping[str, Any], position: int, name: str) -> None:
+    """Albumentations only warns about unknown arguments; a typo must not silently do nothing."""
+    accepted = inspect.signature(cls.__init__).parameters
+    unknown = sorted(k for k in params if not k.startswith("_") and k not in accepted)
+    if unknown:
+        options = ", ".join(k for k in accepted if k not in ("self", "args", "kwargs"))
+        raise NscfateError(
+            f"augmentation.transforms[{position}] ({name}): unknown argument(s) {unknown}; "
+            f"expected some of {options}"
+        )

@@ -1,0 +1,1 @@
+"""Console-script entry points, one verb per step (nscfate-data, nscfate-train, ...)."""

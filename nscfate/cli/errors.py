@@ -1,0 +1,42 @@
+"""Turn errors into one line on stderr and a non-zero exit, for every nscfate command."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from nscfate.errors import NscfateError
+
+
+def friendly_errors(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a ``main``: NscfateError -> ``prog: error: message`` and exit 1, no traceback.
+
+    Unexpected exceptions get the same one line (set NSCFATE_DEBUG=1 to see the traceback).
+    """
+
+    def wrap(main: Callable[..., Any]) -> Callable[..., Any]:
+        @wraps(main)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return main(*args, **kwargs)
+            except KeyboardInterrupt:
+                print(f"{prog}: interrupted", file=sys.stderr)
+                sys.exit(130)
+            except NscfateError as err:
+                print(f"{prog}: error: {err}", file=sys.stderr)
+                sys.exit(1)
+            except Exception as err:
+                if os.environ.get("NSCFATE_DEBUG"):
+                    raise
+                print(
+                    f"{prog}: error: {type(err).__name__}: {err} (NSCFATE_DEBUG=1 shows the traceback)",
+                    file=sys.stderr,
+                )
+                sys.exit(1)
+
+        return run
+
+    return wrap

@@ -1,0 +1,1 @@
+"""Data layer: synthetic generator, ingestion, dataset store, splits, normalisation, datamodule."""

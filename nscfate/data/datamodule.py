@@ -1,0 +1,225 @@
+"""The LightningDataModule: a memory-mapped dataset store, split, normalised and augmented.
+
+Items are dicts ``{"image": float32 1xHxW, "label": int64 (-1 when unknown), "row": int64}``;
+``row`` is the cell's position in the store's index, so any per-cell column (day, condition,
+batch) can be joined back to predictions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from nscfate.augment import build_augmentation
+from nscfate.data.builtin import generate_synthetic_store, synthetic_slug
+from nscfate.data.normalize import Normalizer, to_unit_float
+from nscfate.data.schema import CLASSES
+from nscfate.data.splits import (
+    INDEP,
+    TEST,
+    TRAIN,
+    VAL,
+    SplitSpec,
+    make_split,
+    rows_of,
+    split_digest,
+)
+from nscfate.data.store import DatasetStore, open_store
+from nscfate.errors import NscfateError
+
+log = logging.getLogger(__name__)
+#: How many training crops ``data.normalize=dataset`` reads to estimate its mean and std.
+DATASET_STATS_SAMPLE = 4096
+
+
+class CellCrops(Dataset):
+    """Crops of some rows of a store, converted to float, augmented, then normalised."""
+
+    def __init__(
+        self,
+        store_path: Path,
+        rows: np.ndarray,
+        labels: np.ndarray,
+        white_level: int,
+        normalizer: Normalizer,
+        augment: Any = None,
+    ) -> None:
+        self.store_path, self.rows, self.labels = store_path, rows, labels
+        self.white_level, self.normalizer, self.augment = white_level, normalizer, augment
+        self._images: np.ndarray | None = (
+            None  # opened lazily: a memmap must not cross process lines
+        )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if self._images is None:
+            self._images = np.load(self.store_path / "images.npy", mmap_mode="r")
+        row = int(self.rows[i])
+        crop = to_unit_float(self._images[row], self.white_level)
+        if self.augment is not None:
+            crop = self.augment(image=crop)["image"]
+        crop = self.normalizer(crop)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[None],
+            "label": torch.tensor(int(self.labels[i]), dtype=torch.long),
+            "row": torch.tensor(row, dtype=torch.long),
+        }
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Give each loader worker its own augmentation stream, derived from the loader's seed."""
+    info = torch.utils.data.get_worker_info()
+    augment = getattr(info.dataset, "augment", None)
+    if augment is not None:
+        augment.set_random_seed(info.seed % 2**32)
+
+
+class CellDataModule(L.LightningDataModule):
+    """Serve a dataset store (or a synthetic one it generates on first use) to a Trainer.
+
+    Args:
+        path: the dataset store, or for ``synthetic`` data the folder that holds generated stores.
+        synthetic: generator settings (``nscfate.data.synthetic.SynthSettings`` fields); when given,
+            the store ``<path>/<settings slug>`` is generated on first use and reused afterwards.
+        normalize: ``per_image`` (default), ``dataset`` or ``none``.
+        augmentation: an ``augmentation`` config node (applied to training crops only).
+        split: ``SplitSpec`` fields: val, test, seed, group_by, holdout_conditions.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        synthetic: Mapping[str, Any] | None = None,
+        normalize: str = "per_image",
+        augmentation: Mapping[str, Any] | None = None,
+        split: Mapping[str, Any] | None = None,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.synthetic = dict(synthetic) if synthetic else None
+        self.store_path = (
+            Path(path) if not self.synthetic else Path(path) / synthetic_slug(self.synthetic)
+        )
+        self.normalizer = Normalizer(normalize)
+        self.augmentation_cfg = augmentation
+        split = dict(split or {})
+        split["holdout_conditions"] = tuple(split.get("holdout_conditions") or ())
+        self.split_spec = SplitSpec(**split)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.pin_memory, self.seed = num_workers, pin_memory, seed
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.store: DatasetStore | None = None
+        self.split: pd.Series | None = None
+        self.split_digest: str | None = None
+        self.datasets: dict[str, CellCrops] = {}
+
+    # ----------------------------------------------------------------------------- preparation
+    def prepare_data(self) -> None:
+        """Generate the synthetic store if it is missing (rank 0 only, as Lightning calls it)."""
+        if self.synthetic and not (self.store_path / "dataset.json").is_file():
+            generate_synthetic_store(self.synthetic, self.store_path, reuse_existing=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Open the store, split it, fit the normaliser and build the per-split datasets."""
+        if self.store is not None:
+            return
+        if not self.store_path.exists() and self.synthetic:
+            self.prepare_data()  # a bare setup() call outside a Trainer
+        self.store = open_store(self.store_path)
+        index = self.store.index
+        self.split = make_split(index, self.split_spec)
+        self.split_digest = split_digest(index, self.split)
+        self._save_split(index)
+        if self.normalizer.mode == "dataset":
+            self._fit_normalizer()
+        self.datasets = {part: self._dataset(part) for part in self.parts}
+
+    @property
+    def parts(self) -> list[str]:
+        """Every non-empty split: train, val, test and one ``indep:<condition>`` per held-out condition."""
+        assert self.split is not None, "call setup() first"
+        names = [TRAIN, VAL, TEST] + sorted(p for p in set(self.split) if p.startswith(INDEP))
+        return [p for p in names if (self.split == p).any()]
+
+    @property
+    def independent_conditions(self) -> list[str]:
+        """Names of the held-out (independent test) conditions present."""
+        return [p.removeprefix(INDEP) for p in self.parts if p.startswith(INDEP)]
+
+    def _dataset(self, part: str) -> CellCrops:
+        rows = rows_of(self.split, part)
+        labels = self.store.index["label"].map({c: i for i, c in enumerate(CLASSES)}).fillna(-1)
+        augment = (
+            build_augmentation(self.augmentation_cfg, seed=self.seed) if part == TRAIN else None
+        )
+        return CellCrops(
+            self.store_path,
+            rows,
+            labels.to_numpy(dtype=np.int64)[rows],
+            self.store.white_level,
+            self.normalizer,
+            augment,
+        )
+
+    def _fit_normalizer(self) -> None:
+        rows = rows_of(self.split, TRAIN)
+        rng = np.random.default_rng(self.seed)
+        sample = np.sort(rng.choice(rows, size=min(len(rows), DATASET_STATS_SAMPLE), replace=False))
+        self.normalizer.fit(to_unit_float(self.store.images[sample], self.store.white_level))
+
+    def _save_split(self, index: pd.DataFrame) -> None:
+        """Keep the split next to the data (``splits/<digest>.csv``), written atomically."""
+        target = self.store_path / "splits" / f"{self.split_digest[:16]}.csv"
+        if target.exists():
+            return
+        try:
+            target.parent.mkdir(exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            pd.DataFrame({"source": index["source"], "split": self.split}).to_csv(tmp, index=False)
+            os.replace(tmp, target)
+        except OSError as err:  # a read-only store still trains; the digest is what matters
+            log.warning("could not save the split next to the store: %s", err)
+
+    # ------------------------------------------------------------------------------- loaders
+    def loader(self, part: str, shuffle: bool = False) -> DataLoader:
+        """A DataLoader over one split (``train``, ``val``, ``test`` or ``indep:<condition>``)."""
+        if part not in self.datasets:
+            raise NscfateError(
+                f"no split {part!r} in {self.store_path} (splits: {', '.join(self.datasets)})"
+            )
+        return DataLoader(
+            self.datasets[part],
+            batch_size=self.batch_size if part == TRAIN else self.eval_batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(self.datasets[part]) > self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            worker_init_fn=_seed_worker if self.num_workers else None,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader(TRAIN, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader(VAL)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader(TEST)

@@ -1,0 +1,544 @@
+"""Synthetic bright-field single-cell crops of differentiating neural stem cells.
+
+Imaging-flow-cytometry style: one cell per crop, flat grey background. Each cell is drawn as an
+optical-path (phase) map plus a weak absorption map and imaged through a defocused bright-field pupil
+with an FFT, which gives the dark rim / light halo and granular look of real crops; then illumination,
+batch level and gain, and a shot + read-noise camera. Morphology is drawn from class-specific latent
+parameters that diverge from a shared NSC baseline with maturity ``m(day) = 1 - exp(-day / tau)``;
+every latent is stored in the index (``lat_*``) so :mod:`nscfate.data.oracle` can measure how
+separable each day really is. See design.md section 3.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nscfate.data.schema import ACQUISITION_PREFIX, CLASSES, CONTROL, LATENT_PREFIX
+from nscfate.errors import NscfateError
+
+#: Bump whenever the output for a given seed changes.
+GENERATOR_VERSION = "1.0.0"
+
+#: Independent inducer conditions and the fate proportions of their cultures.
+DEFAULT_CONDITIONS: dict[str, dict[str, float]] = {
+    "NT3": {"astrocyte": 0.2, "oligodendrocyte": 0.15, "neuron": 0.65},
+    "CNTF": {"astrocyte": 0.65, "oligodendrocyte": 0.15, "neuron": 0.2},
+    "T3": {"astrocyte": 0.2, "oligodendrocyte": 0.6, "neuron": 0.2},
+    "nanoparticle": {"astrocyte": 0.25, "oligodendrocyte": 0.2, "neuron": 0.55},
+}
+
+#: Maturation time constant in days: m(day) = 1 - exp(-day / TAU_DAYS).
+TAU_DAYS = 3.0
+#: Class features diverge as m**DIVERGENCE_EXPONENT: lineage cues appear early and then saturate.
+DIVERGENCE_EXPONENT = 0.5
+#: Pixel size (um) at the default 64 px crop; other sizes rescale it so a cell fills the same fraction.
+PX_UM_AT_64 = 0.65
+WAVELENGTH_UM = 0.55
+#: Cells rendered per vectorised chunk (also fixes the random streams, so keep it constant).
+CHUNK = 256
+#: Segments of a process polyline (persistent random walk).
+PATH_SEGMENTS = 8
+MAX_PROCESSES = 8
+
+# Background level (fraction of full scale) the confound pulls control batches towards (real exports).
+_CONFOUND_LEVEL = {"astrocyte": 0.40, "oligodendrocyte": 0.59, "neuron": 0.59}
+
+
+def _as_tuple(conditions: dict[str, dict[str, float]]) -> tuple:
+    return tuple((name, tuple(props.items())) for name, props in conditions.items())
+
+
+@dataclass(frozen=True)
+class SynthSettings:
+    """Everything that determines a synthetic dataset; same settings -> byte-identical output."""
+
+    seed: int = 0
+    size: int = 64
+    cells_per_group: int = 100
+    days: tuple[float, ...] = (1, 3, 5, 7)
+    batches_per_group: int = 5
+    confound: float = 0.5
+    bit_depth: int = 8
+    conditions: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = _as_tuple(DEFAULT_CONDITIONS)
+
+    def __post_init__(self) -> None:
+        if self.size < 24:
+            raise NscfateError(f"synthetic size must be >= 24 px, got {self.size}")
+        if self.cells_per_group < 1 or self.batches_per_group < 1:
+            raise NscfateError("synthetic cells_per_group and batches_per_group must be >= 1")
+        if not 0.0 <= self.confound <= 1.0:
+            raise NscfateError(f"synthetic confound must be in [0, 1], got {self.confound}")
+        if self.bit_depth not in (8, 16):
+            raise NscfateError(f"synthetic bit_depth must be 8 or 16, got {self.bit_depth}")
+        if not self.days or min(self.days) < 0:
+            raise NscfateError(f"synthetic days must be non-empty and >= 0, got {self.days}")
+        for name, props in self.conditions:
+            labels = [label for label, _ in props]
+            if name == CONTROL or set(labels) - set(CLASSES) or min(p for _, p in props) < 0:
+                raise NscfateError(
+                    f"synthetic condition {name!r}: expected a non-control name with proportions"
+                    f" over {', '.join(CLASSES)}, got {dict(props)}"
+                )
+            if abs(sum(p for _, p in props) - 1.0) > 1e-6:
+                raise NscfateError(f"synthetic condition {name!r}: proportions must sum to 1")
+
+    def white_level(self) -> int:
+        """Full-scale value of the stored integers: 255 (8-bit) or 4095 (12-bit in uint16)."""
+        return 255 if self.bit_depth == 8 else 4095
+
+
+def maturity(day: np.ndarray | float, tau: float = TAU_DAYS) -> np.ndarray:
+    """Population maturity m(day) = 1 - exp(-day / tau), 0 at plating and -> 1."""
+    return 1.0 - np.exp(-np.asarray(day, dtype=np.float64) / tau)
+
+
+# --------------------------------------------------------------------------------------------------
+# Plan: which cells exist, in which batch
+# --------------------------------------------------------------------------------------------------
+
+
+def _split_counts(n: int, parts: int) -> list[int]:
+    return [len(a) for a in np.array_split(np.arange(n), parts)]
+
+
+def _exact_counts(props: dict[str, float], n: int) -> dict[str, int]:
+    """Largest-remainder rounding: counts follow the proportions and sum exactly to n."""
+    raw = {c: props.get(c, 0.0) * n for c in CLASSES}
+    counts = {c: int(math.floor(v)) for c, v in raw.items()}
+    order = sorted(CLASSES, key=lambda c: (counts[c] - raw[c], CLASSES.index(c)))
+    for c in order[: n - sum(counts.values())]:
+        counts[c] += 1
+    return counts
+
+
+def _plan(s: SynthSettings, rng: np.random.Generator) -> pd.DataFrame:
+    """One row per cell: label, day, condition, batch (cells of a batch are contiguous)."""
+    rows: list[tuple[str, float, str, str]] = []
+    for label in CLASSES:
+        for day in s.days:
+            for b, n in enumerate(_split_counts(s.cells_per_group, s.batches_per_group)):
+                batch = f"{CONTROL}-{label}-d{day:g}-b{b}"
+                rows += [(label, float(day), CONTROL, batch)] * n
+    for name, props in s.conditions:
+        for day in s.days:
+            counts = _exact_counts(dict(props), s.cells_per_group)
+            labels = np.repeat(list(CLASSES), [counts[c] for c in CLASSES])
+            labels = labels[rng.permutation(len(labels))]
+            parts = np.array_split(labels, s.batches_per_group)
+            for b, part in enumerate(parts):
+                batch = f"{name}-d{day:g}-b{b}"
+                rows += [(str(label), float(day), name, batch) for label in part]
+    return pd.DataFrame(rows, columns=["label", "day", "condition", "batch"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Acquisition: one draw per batch (level, gain, focus, optics, camera)
+# --------------------------------------------------------------------------------------------------
+
+
+def _acquisition(plan: pd.DataFrame, s: SynthSettings, rng: np.random.Generator) -> pd.DataFrame:
+    """Per-batch acquisition parameters broadcast to cells, plus per-cell focus jitter."""
+    first = plan.drop_duplicates("batch")
+    nb = len(first)
+    inducer = (first["condition"] != CONTROL).to_numpy()
+    neutral = rng.uniform(0.42, 0.66, nb)
+    target = first["label"].map(_CONFOUND_LEVEL).to_numpy() + rng.normal(0, 0.015, nb)
+    level = np.where(inducer, neutral + 0.03, (1 - s.confound) * neutral + s.confound * target)
+    # Mild microscope shift for the independent conditions: more defocus, lower NA, noisier camera.
+    shift = inducer.astype(np.float64)
+    sign = np.where(rng.random(nb) < 0.85, 1.0, -1.0)
+    batch = pd.DataFrame(
+        {
+            "level": level,
+            "gain": level * rng.uniform(0.6, 1.0, nb),
+            "defocus_um": sign * (rng.uniform(2.0, 5.0, nb) + 1.0 * shift),
+            "na": rng.uniform(0.36, 0.46, nb) - 0.03 * shift,
+            "full_well": rng.uniform(8000, 30000, nb) * (1 - 0.3 * shift),
+            "read_noise": rng.uniform(0.0015, 0.004, nb),
+            "gradient_x": rng.normal(0, 0.02, nb),
+            "gradient_y": rng.normal(0, 0.02, nb),
+            "culture_maturity": rng.lognormal(0, 0.08, nb),
+        },
+        index=first["batch"].to_numpy(),
+    )
+    cells = batch.loc[plan["batch"].to_numpy()].reset_index(drop=True)
+    n = len(plan)
+    # Per-cell focus scatter in the flow, plus a few strongly defocused cells.
+    far = rng.random(n) < 0.05
+    cells["defocus_um"] += rng.normal(0, 0.8, n) + far * rng.choice([-1, 1], n) * rng.uniform(6, 12, n)
+    return cells
+
+
+# --------------------------------------------------------------------------------------------------
+# Latent morphology
+# --------------------------------------------------------------------------------------------------
+
+# feature: (NSC baseline, {class: fully differentiated value}, within-class sd)
+_TRAITS: dict[str, tuple[float, dict[str, float], float]] = {
+    "radius_um": (6.0, {"astrocyte": 7.9, "oligodendrocyte": 6.1, "neuron": 4.5}, 0.75),
+    "elongation": (0.18, {"astrocyte": 0.22, "oligodendrocyte": 0.12, "neuron": 0.35}, 0.1),
+    "irregularity": (0.05, {"astrocyte": 0.15, "oligodendrocyte": 0.07, "neuron": 0.04}, 0.03),
+    "phase_height": (1.3, {"astrocyte": 0.75, "oligodendrocyte": 1.35, "neuron": 1.7}, 0.25),
+    "flatness": (0.6, {"astrocyte": 0.3, "oligodendrocyte": 0.6, "neuron": 0.8}, 0.1),
+    "granularity": (0.22, {"astrocyte": 0.1, "oligodendrocyte": 0.55, "neuron": 0.18}, 0.08),
+    "nucleus_fraction": (0.55, {"astrocyte": 0.45, "oligodendrocyte": 0.55, "neuron": 0.65}, 0.06),
+    "nucleus_offset": (0.15, {"astrocyte": 0.15, "oligodendrocyte": 0.15, "neuron": 0.25}, 0.07),
+    "absorption": (0.03, {"astrocyte": 0.02, "oligodendrocyte": 0.04, "neuron": 0.03}, 0.008),
+}
+# process count ~ Binomial(MAX_PROCESSES, p); p and mean length diverge like the traits above
+_PROCESS_P = (0.05, {"astrocyte": 0.05, "oligodendrocyte": 0.6, "neuron": 0.25})
+_PROCESS_LENGTH_UM = (3.0, {"astrocyte": 3.5, "oligodendrocyte": 6.0, "neuron": 15.0})
+_PROCESS_WIDTH_UM = (0.9, {"astrocyte": 1.2, "oligodendrocyte": 0.6, "neuron": 0.9})
+_PROCESS_WIGGLE = (0.25, {"astrocyte": 0.3, "oligodendrocyte": 0.4, "neuron": 0.1})
+
+
+def _diverge(spec: tuple[float, dict[str, float]], labels: np.ndarray, s: np.ndarray) -> np.ndarray:
+    base, target = spec
+    goal = np.array([target[c] for c in CLASSES])[labels]
+    return base + s * (goal - base)
+
+
+def _latents(plan: pd.DataFrame, acq: pd.DataFrame, rng: np.random.Generator) -> dict[str, Any]:
+    """Per-cell morphology: the stored lat_* scalars plus the drawing details (harmonics, paths)."""
+    n = len(plan)
+    labels = pd.Categorical(plan["label"], categories=CLASSES).codes.astype(np.int64)
+    m = maturity(plan["day"].to_numpy()) * acq["culture_maturity"].to_numpy()
+    m = np.clip(m * rng.lognormal(0, 0.2, n), 0, 1)
+    s = m**DIVERGENCE_EXPONENT
+    lat: dict[str, np.ndarray] = {"maturity": m}
+    for name, (base, target, sd) in _TRAITS.items():
+        lat[name] = _diverge((base, target), labels, s) + rng.normal(0, sd, n)
+    lat["radius_um"] = np.clip(lat["radius_um"], 3.0, 11.0)
+    lat["elongation"] = np.clip(lat["elongation"], 0.0, 0.8)
+    lat["irregularity"] = np.clip(lat["irregularity"], 0.0, 0.3)
+    lat["phase_height"] = np.clip(lat["phase_height"], 0.3, 3.0)
+    lat["flatness"] = np.clip(lat["flatness"], 0.15, 1.2)
+    lat["granularity"] = np.clip(lat["granularity"], 0.0, 1.0)
+    lat["nucleus_fraction"] = np.clip(lat["nucleus_fraction"], 0.3, 0.8)
+    lat["nucleus_offset"] = np.clip(lat["nucleus_offset"], 0.0, 0.45)
+    lat["absorption"] = np.clip(lat["absorption"], 0.0, 0.1)
+    lat["rotation"] = rng.uniform(0, np.pi, n)
+    lat["doublet"] = (rng.random(n) < 0.05).astype(np.float64)
+    lat["n_debris"] = rng.poisson(0.4, n).astype(np.float64)
+    p = np.clip(_diverge(_PROCESS_P, labels, s), 0, 1)
+    n_proc = rng.binomial(MAX_PROCESSES, p)
+    length = _diverge(_PROCESS_LENGTH_UM, labels, s) * rng.lognormal(0, 0.25, n)
+    width = _diverge(_PROCESS_WIDTH_UM, labels, s) * rng.lognormal(0, 0.15, n)
+    wiggle = _diverge(_PROCESS_WIGGLE, labels, s)
+    extra = {
+        "labels": labels,
+        "n_proc": n_proc,
+        "proc_length_um": length,
+        "proc_width_um": width,
+        "proc_wiggle": wiggle,
+        "harmonics": rng.normal(0, 1, (n, 4)) / np.sqrt(np.arange(1, 5)),
+        "harmonic_phase": rng.uniform(0, 2 * np.pi, (n, 4)),
+        "nucleus_angle": rng.uniform(0, 2 * np.pi, n),
+        "shift_um": rng.normal(0, 1.0, (n, 2)),
+        "granule_um": rng.uniform(0.45, 0.8, n),
+    }
+    return {"lat": lat, **extra}
+
+
+# --------------------------------------------------------------------------------------------------
+# Geometry: process paths (vectorised over all cells), with their rendered length
+# --------------------------------------------------------------------------------------------------
+
+
+def _paths(
+    cells: dict[str, Any], size: int, px_um: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Polylines (n, MAX_PROCESSES, PATH_SEGMENTS+1, 2) in px and the visible length per process.
+
+    Each process is a persistent random walk starting inside the soma (hidden under it); it stops
+    before the crop margin so the FFT never wraps it round to the other side.
+    """
+    lat = cells["lat"]
+    n = len(lat["radius_um"])
+    P, K = MAX_PROCESSES, PATH_SEGMENTS
+    centre = (size - 1) / 2 + cells["shift_um"] / px_um
+    heading = rng.uniform(0, 2 * np.pi, (n, P))
+    # Neurons tend to be bipolar: the second process points roughly away from the first.
+    heading[:, 1] = np.where(
+        cells["labels"] == CLASSES.index("neuron"),
+        heading[:, 0] + np.pi + rng.normal(0, 0.5, n),
+        heading[:, 1],
+    )
+    r_edge = _ellipse_radius(heading, lat, px_um)
+    length = cells["proc_length_um"][:, None] / px_um * rng.lognormal(0, 0.3, (n, P))
+    length[:, 0] *= 1.3  # the longest process (axon-like for neurons)
+    step = (length + 0.3 * r_edge) / K
+    turns = rng.normal(0, 1, (n, P, K)) * cells["proc_wiggle"][:, None, None]
+    angle = heading[..., None] + np.cumsum(turns, axis=-1)
+    start = centre[:, None, :] + 0.7 * r_edge[..., None] * np.stack(
+        [np.cos(heading), np.sin(heading)], -1
+    )
+    steps = step[..., None, None] * np.stack([np.cos(angle), np.sin(angle)], -1)
+    pts = np.concatenate([start[:, :, None, :], start[:, :, None, :] + np.cumsum(steps, 2)], 2)
+    margin = max(3.0, 0.08 * size)
+    inside = np.all((pts >= margin) & (pts <= size - 1 - margin), axis=-1)
+    valid = np.cumprod(inside, axis=-1).sum(-1)  # points before first exit
+    visible = np.clip((valid - 1) * step - 0.3 * r_edge, 0, None)
+    visible[np.arange(P)[None, :] >= cells["n_proc"][:, None]] = 0
+    # Collapse points past the exit onto the last valid one (zero-length tail).
+    last = np.clip(valid - 1, 0, K)
+    idx = np.minimum(np.arange(K + 1)[None, None, :], last[..., None])
+    pts = np.take_along_axis(pts, idx[..., None].repeat(2, -1), axis=2)
+    return pts.astype(np.float32), visible * px_um
+
+
+def _ellipse_radius(angle: np.ndarray, lat: dict[str, np.ndarray], px_um: float) -> np.ndarray:
+    aspect = 1 + lat["elongation"][:, None]
+    r = lat["radius_um"][:, None] / px_um
+    a, b = r * np.sqrt(aspect), r / np.sqrt(aspect)
+    t = angle - lat["rotation"][:, None]
+    return 1 / np.sqrt((np.cos(t) / a) ** 2 + (np.sin(t) / b) ** 2)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rendering: phase/absorption maps -> defocused bright-field pupil -> camera
+# --------------------------------------------------------------------------------------------------
+
+
+class _Optics:
+    """Grids shared by every chunk of one crop size."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.px_um = PX_UM_AT_64 * 64 / size
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+        self.x, self.y = xx, yy
+        f = np.fft.fftfreq(size, d=self.px_um).astype(np.float32)
+        self.f2 = (f[:, None] ** 2 + f[None, :] ** 2).astype(np.float32)  # cycles^2/um^2
+        self.f = np.sqrt(self.f2)
+        fr = np.fft.rfftfreq(size, d=self.px_um).astype(np.float32)
+        self.f2r = (f[:, None] ** 2 + fr[None, :] ** 2).astype(np.float32)
+        self.ramp = ((np.arange(size, dtype=np.float32) - (size - 1) / 2) / size).astype(np.float32)
+
+
+def _col(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32)[:, None, None]
+
+
+def _body(
+    o: _Optics, cx: np.ndarray, cy: np.ndarray, cells: dict[str, Any], sel: slice, scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised radius rho (<1 inside) of each cell's contour, and the polar angle field."""
+    lat = cells["lat"]
+    rot = lat["rotation"][sel]
+    aspect = np.sqrt(1 + lat["elongation"][sel])
+    r_px = lat["radius_um"][sel] / o.px_um * scale
+    dx = o.x[None] - _col(cx)
+    dy = o.y[None] - _col(cy)
+    c, s = _col(np.cos(rot)), _col(np.sin(rot))
+    u = (dx * c + dy * s) / _col(aspect)
+    v = (dy * c - dx * s) * _col(aspect)
+    theta = np.arctan2(v, u)
+    wobble = np.zeros_like(theta)
+    amp = cells["harmonics"][sel] * lat["irregularity"][sel, None]
+    ph = cells["harmonic_phase"][sel]
+    for k in range(4):
+        wobble += _col(amp[:, k]) * np.cos((k + 2) * theta + _col(ph[:, k]))
+    rho = np.sqrt(u * u + v * v) / (_col(r_px) * (1 + wobble))
+    return rho, theta
+
+
+def _texture(o: _Optics, sigma_um: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Unit-variance granular texture: white noise low-passed at each cell's granule size."""
+    import scipy.fft as sfft
+
+    n, size = len(sigma_um), o.size
+    noise = rng.random((n, size, size), dtype=np.float32)
+    spec = sfft.rfft2(noise, workers=1)
+    spec *= np.exp(o.f2r[None] * _col(-2 * np.pi**2 * sigma_um**2))
+    spec[:, 0, 0] = 0
+    tex = sfft.irfft2(spec, s=(size, size), workers=1)
+    tex /= tex.std(axis=(1, 2), keepdims=True) + 1e-6
+    return tex
+
+
+def _draw_processes(
+    pts: np.ndarray, n_proc: np.ndarray, width_px: np.ndarray, shape: tuple[int, int]
+) -> np.ndarray:
+    """Tapered processes as anti-aliased polylines (uint8 coverage -> float in [0, 1])."""
+    import cv2
+
+    canvas = np.zeros((len(pts), *shape), dtype=np.uint8)
+    fixed = np.round(pts * 16).astype(np.int32)  # 4 fractional bits (shift=4)
+    thirds = (slice(0, 4), slice(3, 7), slice(6, PATH_SEGMENTS + 1))
+    for i in np.flatnonzero(n_proc):
+        paths = fixed[i, : n_proc[i]]
+        w = width_px[i]
+        for j, part in enumerate(thirds):
+            thick = max(1, int(round(w * (1 - 0.3 * j))))
+            value = int(255 * min(1.0, w * (1 - 0.25 * j)))
+            cv2.polylines(canvas[i], list(paths[:, part]), False, value, thick, cv2.LINE_AA, 4)
+    return canvas.astype(np.float32) * np.float32(1 / 255)
+
+
+def _draw_debris(
+    n_debris: np.ndarray, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Small phase-bright dead-cell fragments and dark specks anywhere in the crop."""
+    import cv2
+
+    phase = np.zeros((len(n_debris), size, size), dtype=np.uint8)
+    for i in np.flatnonzero(n_debris):
+        for _ in range(int(n_debris[i])):
+            xy = tuple(int(v) for v in rng.uniform(0.1, 0.9, 2) * size * 16)
+            rad = int(rng.uniform(0.4, 1.5) * size / 64 * 16)
+            cv2.circle(phase[i], xy, rad, int(rng.integers(80, 255)), -1, cv2.LINE_AA, 4)
+    return phase.astype(np.float32) * np.float32(1 / 255)
+
+
+def _phase_maps(
+    o: _Optics, cells: dict[str, Any], pts: np.ndarray, sel: slice, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Optical path (rad) and absorption maps of one chunk of cells."""
+    lat = cells["lat"]
+    n = sel.stop - sel.start
+    centre = (o.size - 1) / 2 + cells["shift_um"][sel] / o.px_um
+    cx, cy = centre[:, 0], centre[:, 1]
+    rho, _ = _body(o, cx, cy, cells, sel)
+    h = _col(lat["phase_height"][sel])
+    dome = np.maximum(1 - rho * rho, 0)
+    profile = np.power(dome, _col(lat["flatness"][sel]))
+    # Nucleus: a denser, smoother disc offset from the centre.
+    off = lat["nucleus_offset"][sel] * lat["radius_um"][sel] / o.px_um
+    ang = cells["nucleus_angle"][sel]
+    nr = _col(lat["nucleus_fraction"][sel] * lat["radius_um"][sel] / o.px_um)
+    ndx = o.x[None] - _col(cx + off * np.cos(ang))
+    ndy = o.y[None] - _col(cy + off * np.sin(ang))
+    nuc = np.maximum(1 - (ndx * ndx + ndy * ndy) / (nr * nr), 0) ** 0.8 * (dome > 0)
+    tex = _texture(o, cells["granule_um"][sel], rng)
+    gran = _col(lat["granularity"][sel]) * tex * np.sqrt(dome) * (1 - 0.7 * nuc)
+    phi = h * (profile + 0.25 * nuc) + gran
+    proc = _draw_processes(
+        pts[sel], cells["n_proc"][sel], cells["proc_width_um"][sel] / o.px_um, (o.size, o.size)
+    )
+    phi = np.maximum(phi, 0.6 * proc)
+    doublet = np.flatnonzero(lat["doublet"][sel])
+    if len(doublet):
+        sub = slice(sel.start + doublet[0], sel.start + doublet[-1] + 1)
+        idx = doublet - doublet[0]
+        ang2 = cells["nucleus_angle"][sub] + np.pi
+        dist = 1.7 * lat["radius_um"][sub] / o.px_um
+        rho2, _ = _body(o, cx[doublet[0] :][idx * 0 + idx] if False else cx[doublet[0] : doublet[-1] + 1] + dist * np.cos(ang2), cy[doublet[0] : doublet[-1] + 1] + dist * np.sin(ang2), cells, sub, 0.85)
+        dome2 = np.maximum(1 - rho2 * rho2, 0)[idx]
+        phi[doublet] = np.maximum(phi[doublet], h[doublet] * np.sqrt(dome2))
+    debris = _draw_debris(lat["n_debris"][sel], o.size, rng)
+    phi += 1.2 * debris
+    ab = _col(lat["absorption"][sel]) * (profile + nuc) + 0.15 * debris
+    ab += 0.03 * _col(lat["granularity"][sel]) * np.maximum(tex, 0) * (dome > 0)
+    del n
+    return phi, ab
+
+
+def _image(
+    o: _Optics, phi: np.ndarray, ab: np.ndarray, acq: pd.DataFrame, sel: slice
+) -> np.ndarray:
+    """Bright-field intensity (1 = background) through each cell's defocused pupil."""
+    import scipy.fft as sfft
+
+    amp = np.exp(-ab)
+    field = np.empty(phi.shape, dtype=np.complex64)
+    field.real = amp * np.cos(phi)
+    field.imag = amp * np.sin(phi)
+    spec = sfft.fft2(field, workers=1)
+    cutoff = _col(acq["na"].to_numpy()[sel] / WAVELENGTH_UM)
+    pupil = np.clip((cutoff - o.f[None]) / (0.15 * cutoff) + 0.5, 0, 1)
+    dz = _col(acq["defocus_um"].to_numpy()[sel])
+    arg = np.float32(np.pi * WAVELENGTH_UM) * dz * o.f2[None]
+    kernel = np.empty(spec.shape, dtype=np.complex64)
+    kernel.real = pupil * np.cos(arg)
+    kernel.imag = pupil * np.sin(arg)
+    out = sfft.ifft2(spec * kernel, workers=1, overwrite_x=True)
+    return out.real**2 + out.imag**2
+
+
+def _camera(
+    o: _Optics, intensity: np.ndarray, acq: pd.DataFrame, sel: slice, s: SynthSettings,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Illumination gradient, batch level + gain, shot + read noise, quantisation."""
+    a = {k: acq[k].to_numpy()[sel] for k in acq.columns}
+    illum = 1 + _col(a["gradient_x"]) * o.ramp[None, None, :] + _col(a["gradient_y"]) * o.ramp[None, :, None]
+    signal = intensity * illum
+    gain = _col(a["gain"])
+    value = _col(a["level"]) + gain * (signal - 1)
+    sd = np.sqrt(gain * gain * np.maximum(signal, 0) / _col(a["full_well"]) + _col(a["read_noise"]) ** 2)
+    value += sd * rng.standard_normal(value.shape, dtype=np.float32)
+    if s.bit_depth == 8:
+        raw = np.clip(np.rint(value * 255), 0, 255).astype(np.uint8)
+    else:
+        raw = np.clip(np.rint(100 + value * 3995), 0, 4095).astype(np.uint16)
+    return raw
+
+
+# --------------------------------------------------------------------------------------------------
+# Public entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def generate(settings: SynthSettings, progress: bool = False) -> tuple[np.ndarray, pd.DataFrame]:
+    """Render the synthetic dataset described by ``settings``.
+
+    Returns ``images`` (N x size x size, uint8 for 8-bit or uint16 holding 12-bit data) and the
+    index (one row per cell, same order): label, day, condition, batch, source, then the latent
+    morphology ``lat_*`` and acquisition ``acq_*`` columns.
+    """
+    s = settings
+    root = np.random.SeedSequence(s.seed)
+    plan_rng, acq_rng, lat_rng, path_rng = (np.random.default_rng(c) for c in root.spawn(4))
+    plan = _plan(s, plan_rng)
+    acq = _acquisition(plan, s, acq_rng)
+    cells = _latents(plan, acq, lat_rng)
+    o = _Optics(s.size)
+    pts, visible_um = _paths(cells, s.size, o.px_um, path_rng)
+    lat = cells["lat"]
+    shown = visible_um > 0
+    lat["n_processes"] = shown.sum(1).astype(np.float64)
+    lat["process_length_um"] = np.where(
+        shown.any(1), visible_um.sum(1) / np.maximum(shown.sum(1), 1), 0.0
+    )
+    lat["process_width_um"] = np.where(shown.any(1), cells["proc_width_um"], 0.0)
+    cells["n_proc"] = np.where(shown.any(1), cells["n_proc"], 0)
+
+    n = len(plan)
+    dtype = np.uint8 if s.bit_depth == 8 else np.uint16
+    images = np.empty((n, s.size, s.size), dtype=dtype)
+    bar = _progress(n, progress)
+    for k, start in enumerate(range(0, n, CHUNK)):
+        sel = slice(start, min(n, start + CHUNK))
+        rng = np.random.default_rng([s.seed, 1_000_003, k])
+        phi, ab = _phase_maps(o, cells, pts, sel, rng)
+        intensity = _image(o, phi, ab, acq, sel)
+        images[sel] = _camera(o, intensity, acq, sel, s, rng)
+        if bar is not None:
+            bar.update(sel.stop - sel.start)
+    if bar is not None:
+        bar.close()
+    return images, _index(plan, acq, lat, s)
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="synthetic cells", unit="cell")
+
+
+def _index(plan: pd.DataFrame, acq: pd.DataFrame, lat: dict[str, np.ndarray], s: SynthSettings) -> pd.DataFrame:
+    index = plan.copy()
+    index["source"] = [f"synthetic:seed={s.seed}:cell={i}" for i in range(len(plan))]
+    for name in sorted(lat):
+        index[LATENT_PREFIX + name] = np.asarray(lat[name], dtype=np.float64)
+    for name in acq.columns:
+        index[ACQUISITION_PREFIX + name] = acq[name].to_numpy(dtype=np.float64)
+    return index
