@@ -3,3 +3,13 @@
 
 class NscfateError(Exception):
     """A user-facing error: the message names the file, key or value and what was expected."""
+
+
+def user_error_in(err: BaseException) -> NscfateError | None:
+    """The NscfateError anywhere in ``err``'s cause chain (libraries such as Hydra wrap them)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, NscfateError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -43,3 +43,48 @@ def tiny_synth(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("synth") / "tiny"
     settings = {"seed": 3, "cells_per_group": 15, "confound": 0.5}
     return generate_synthetic_store(settings, out, progress=False)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data folder per test session: the tiny synthetic store is generated once, then reused."""
+    return tmp_path_factory.mktemp("data")
+
+
+#: Overrides that make a training run take seconds on CPU.
+FAST = [
+    "data.synthetic.cells_per_group=12",
+    "data.synthetic.batches_per_group=4",
+    "data.num_workers=0",
+    "data.persistent_workers=false",
+    "data.batch_size=32",
+    "trainer.max_epochs=2",
+    "trainer.log_every_n_steps=1",
+]
+
+
+def compose_train(tmp_path: Path, data_dir: Path, *overrides: str, fast: bool = True):
+    """conf/train.yaml composed as the CLI would, with per-test output and tracking locations."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    import nscfate.paths  # noqa: F401  (registers ${nscfate.repo:})
+
+    base = [
+        f"paths.data_dir={data_dir}",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+        "tracking.experiment=test",
+        *(FAST if fast else []),
+    ]
+    if any(o.startswith("data=") and o != "data=synthetic" for o in overrides):
+        base = [o for o in base if not o.startswith("data.synthetic.")]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[*base, *overrides], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "out")
+        cfg.hydra.runtime.output_dir = str(tmp_path / "out")
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as in the CLI: the task sees no hydra node, ${hydra:...} still resolves
+    return cfg

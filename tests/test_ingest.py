@@ -108,6 +108,8 @@ def test_sizes_are_padded_with_own_background_or_cropped(tmp_path):
     crop[4:6, 2:4] = 10
     padded = fit_to_size(crop, 14, 12)
     assert padded.shape == (14, 12) and padded[0, 0] == 77 and padded[7, 6] == 10
+    floaty = fit_to_size(np.full((4, 4), 0.25, np.float32), 6, 6)
+    assert floaty.dtype == np.float32 and np.allclose(floaty, 0.25)
     big = np.arange(20 * 20, dtype=np.uint16).reshape(20, 20)
     cut = fit_to_size(big, 10, 10)
     assert np.array_equal(cut, big[5:15, 5:15])

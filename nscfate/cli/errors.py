@@ -8,7 +8,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from nscfate.errors import NscfateError
+from nscfate.errors import user_error_in
 
 
 def friendly_errors(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -25,18 +25,21 @@ def friendly_errors(prog: str) -> Callable[[Callable[..., Any]], Callable[..., A
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted", file=sys.stderr)
                 sys.exit(130)
-            except NscfateError as err:
-                print(f"{prog}: error: {err}", file=sys.stderr)
-                sys.exit(1)
             except Exception as err:
                 if os.environ.get("NSCFATE_DEBUG"):
                     raise
-                print(
-                    f"{prog}: error: {type(err).__name__}: {err} (NSCFATE_DEBUG=1 shows the traceback)",
-                    file=sys.stderr,
-                )
+                print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
                 sys.exit(1)
 
         return run
 
     return wrap
+
+
+def one_line(err: BaseException) -> str:
+    """Our own message if an NscfateError is anywhere in the cause chain (Hydra wraps errors raised
+    inside ``instantiate``), else the exception's type and first line."""
+    if (ours := user_error_in(err)) is not None:
+        return str(ours)
+    first = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {first} (NSCFATE_DEBUG=1 shows the traceback)"

@@ -207,13 +207,18 @@ class CellDataModule(L.LightningDataModule):
             self.datasets[part],
             batch_size=self.batch_size if part == TRAIN else self.eval_batch_size,
             shuffle=shuffle,
-            drop_last=shuffle and len(self.datasets[part]) > self.batch_size,
+            drop_last=shuffle and self._per_rank(part) >= 2 * self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             worker_init_fn=_seed_worker if self.num_workers else None,
             generator=torch.Generator().manual_seed(self.seed),
         )
+
+    def _per_rank(self, part: str) -> int:
+        """Crops each process sees; dropping a ragged last batch only pays off when there are many."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        return len(self.datasets[part]) // max(world, 1)
 
     def train_dataloader(self) -> DataLoader:
         return self.loader(TRAIN, shuffle=True)

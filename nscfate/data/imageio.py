@@ -100,7 +100,9 @@ def fit_to_size(crop: np.ndarray, height: int, width: int) -> np.ndarray:
     Padding uses the crop's own background level, so a small crop sits on a flat field of its own
     grey rather than on black (which would give the model a trivial size cue).
     """
-    out = np.full((height, width), round(background_level(crop)), dtype=crop.dtype)
+    level = background_level(crop)
+    fill = round(level) if np.issubdtype(crop.dtype, np.integer) else level
+    out = np.full((height, width), fill, dtype=crop.dtype)
     h, w = crop.shape
     sy, dy = _centre(h, height)
     sx, dx = _centre(w, width)
