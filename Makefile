@@ -5,17 +5,24 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONWARNINGS := ignore
-DEMO_DATA ?= data/demo
+DEMO_ARGS ?= experiment=cpu_baseline
+UI_PORT ?= 5000
+SERVE_PORT ?= 5001
+SERVE_MODEL ?= models:/nscfate@champion
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test test-all lint format bench clean
+.PHONY: help venv demo ui serve browser test test-all lint format bench bench-sweep clean
 
 help:
-	@echo "make demo      set up .venv and run the main job"
+	@echo "make demo      set up .venv and run the main job (train + evaluate + track)"
+	@echo "make ui        open the MLflow UI on mlruns/ (127.0.0.1:5000)"
+	@echo "make serve     serve models:/nscfate@champion on 127.0.0.1:5001"
+	@echo "make browser   install Debian's chromium (for the end-to-end UI test; needs root)"
 	@echo "make test      set up .venv (with test extras) and run the test suite"
 	@echo "make test-all  also the slow tests"
 	@echo "make lint      ruff check + format check"
-	@echo "make bench     run the benchmarks under benchmarks/"
+	@echo "make bench     generator speed and difficulty benchmarks"
+	@echo "make bench-sweep  pruning vs no pruning, 12-trial sweeps (slow)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,29 +39,48 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 venv: $(VENV)/.installed
 
+# The main job: generate the default synthetic dataset (first run only), train the default model,
+# evaluate the test split and the independent conditions, log everything to MLflow, print a summary.
 demo: $(VENV)/.installed
-	@test -f $(DEMO_DATA)/dataset.json || $(BIN)/nscfate-data synth --out $(DEMO_DATA)
-	$(BIN)/nscfate-data preview $(DEMO_DATA) --out $(DEMO_DATA)-preview.png
-	$(BIN)/nscfate-data info $(DEMO_DATA)
-	$(BIN)/nscfate-data oracle $(DEMO_DATA)
-	@echo "contact sheet: $(DEMO_DATA)-preview.png"
+	$(BIN)/nscfate-train $(DEMO_ARGS)
 
-test: $(VENV)/.installed-test
+# Serve the champion over HTTP (MLflow's scoring server; uvicorn must be on PATH, hence the venv's bin).
+serve: $(VENV)/.installed
+	PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlruns/mlflow.db \
+	  $(BIN)/mlflow models serve -m $(SERVE_MODEL) --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
+
+# The MLflow UI on this checkout's tracking database, bound to this machine only.
+ui: $(VENV)/.installed
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
+
+# Debian's Chromium, driven headless by tests/test_ui_browser.py (installed once; CI runs as root).
+browser: /usr/bin/chromium
+
+/usr/bin/chromium:
+	DEBIAN_FRONTEND=noninteractive apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+
+test: $(VENV)/.installed-test | browser
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
-test-all: $(VENV)/.installed-test
+test-all: $(VENV)/.installed-test | browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check nscfate tests benchmarks
-	$(BIN)/ruff format --check nscfate tests benchmarks
+	$(BIN)/ruff check nscfate tests benchmarks hydra_plugins
+	$(BIN)/ruff format --check nscfate tests benchmarks hydra_plugins
 
 format: $(VENV)/.installed-test
-	$(BIN)/ruff format nscfate tests benchmarks
-	$(BIN)/ruff check --fix nscfate tests benchmarks
+	$(BIN)/ruff format nscfate tests benchmarks hydra_plugins
+	$(BIN)/ruff check --fix nscfate tests benchmarks hydra_plugins
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/synth_speed.py
+	$(BIN)/python benchmarks/synth_difficulty.py
+
+# Two 12-trial sweeps (median pruner vs none) on CPU: about half an hour.
+bench-sweep: $(VENV)/.installed
+	$(BIN)/python benchmarks/sweep_pruning.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,99 @@
+"""What median pruning saves: the same 12-trial sweep over model and learning rate, with and without.
+
+    python benchmarks/sweep_pruning.py [--trials 12] [--epochs 8] [--out benchmarks/results]
+
+Runs two real ``nscfate-train -m`` sweeps on the default synthetic data (same sampler seed, separate
+storages and MLflow stores under a temporary folder), then prints the epochs each trained, the saving,
+and both best objectives. Early stopping is off in both so that only the pruner ends trials early.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+SPACE = [
+    "model=choice(small_cnn,mobilenetv3_small_100,resnet18)",
+    "optimizer.lr=tag(log,interval(1e-5,3e-2))",
+]
+
+
+def sweep(tmp: Path, pruner: str, trials: int, epochs: int) -> dict:
+    """Run one sweep and return its summary (plus wall time)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "nscfate.cli.train",
+        "-m",
+        "search=default",
+        *SPACE,
+        f"search.pruner={pruner}",
+        f"search.n_trials={trials}",
+        f"search.study=bench-{pruner}",
+        f"search.storage=sqlite:///{tmp}/optuna-{pruner}.db",
+        f"tracking.uri=sqlite:///{tmp}/mlflow-{pruner}.db",
+        f"tracking.experiment=bench-{pruner}",
+        f"hydra.sweep.dir={tmp}/sweep-{pruner}",
+        f"trainer.max_epochs={epochs}",
+        "~callbacks.early_stopping",
+        "~callbacks.rich_progress_bar",
+        "trainer.enable_progress_bar=false",
+        f"paths.data_dir={tmp}/data",
+    ]
+    start = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"sweep with pruner={pruner} failed:\n{proc.stderr[-3000:]}")
+    summary = yaml.safe_load((tmp / f"sweep-{pruner}" / "sweep_summary.yaml").read_text())
+    summary["wall_seconds"] = round(time.time() - start, 1)
+    return summary
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = p.parse_args()
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        median = sweep(tmp, "median", args.trials, args.epochs)
+        none = sweep(tmp, "none", args.trials, args.epochs)
+    saving = 1 - median["epochs_trained"] / none["epochs_trained"]
+    gap = none["best"]["value"] - median["best"]["value"]
+    result = {
+        "trials": args.trials,
+        "max_epochs": args.epochs,
+        "space": SPACE,
+        "median": {k: median[k] for k in ("epochs_trained", "trials", "wall_seconds")}
+        | {"best": median["best"]},
+        "none": {k: none[k] for k in ("epochs_trained", "trials", "wall_seconds")}
+        | {"best": none["best"]},
+        "epoch_saving": round(saving, 3),
+        "best_gap": round(gap, 4),
+    }
+    print(
+        f"epochs trained: median pruner {median['epochs_trained']}, no pruner {none['epochs_trained']} "
+        f"-> {saving:.0%} fewer (goal >= 40%)"
+    )
+    print(
+        f"best val/f1_macro_best: median {median['best']['value']:.4f}, none {none['best']['value']:.4f} "
+        f"-> gap {gap:+.4f} (goal within 0.02)"
+    )
+    print(f"wall time: median {median['wall_seconds']} s, none {none['wall_seconds']} s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "sweep_pruning.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

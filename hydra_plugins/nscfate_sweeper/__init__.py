@@ -1,0 +1,1 @@
+"""nscfate's Hydra sweeper plugin (Optuna)."""

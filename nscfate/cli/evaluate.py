@@ -1,0 +1,51 @@
+"""``nscfate-eval``: re-evaluate a run (``run_id=``) or checkpoint (``ckpt_path=``); print metrics JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from nscfate.cli.errors import friendly_errors  # noqa: E402
+from nscfate.errors import NscfateError  # noqa: E402
+from nscfate.paths import CONF_DIR, register_resolvers  # noqa: E402
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
+@friendly_errors("nscfate-eval")
+def main(cfg: DictConfig) -> None:
+    """Evaluate and print ``{"metrics": ..., "max_abs_diff_vs_run": ...}``."""
+    if bool(cfg.run_id) == bool(cfg.ckpt_path):
+        raise NscfateError(
+            "give exactly one of run_id=<mlflow run id> or ckpt_path=<checkpoint file>"
+        )
+    model, data = cfg.get("model"), cfg.get("data")
+    report: dict = {}
+    if cfg.run_id:
+        from nscfate.tracking.connection import check_reachable
+        from nscfate.tracking.reevaluate import evaluate_run
+
+        check_reachable(cfg.tracking.uri)
+        evaluation, logged = evaluate_run(cfg.tracking.uri, cfg.run_id, model=model, data=data)
+        shared = [
+            k for k in evaluation.metrics if k in logged and math.isfinite(evaluation.metrics[k])
+        ]
+        report["max_abs_diff_vs_run"] = max(
+            (abs(evaluation.metrics[k] - logged[k]) for k in shared), default=None
+        )
+    else:
+        from nscfate.training.checkpoint_eval import evaluate_checkpoint
+
+        evaluation, _ = evaluate_checkpoint(cfg.ckpt_path, model=model, data=data)
+    print(json.dumps({"metrics": evaluation.metrics} | report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""``nscfate-predict``: per-cell fate probabilities (and fate fractions per condition) for new crops."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from nscfate.cli.errors import friendly_errors  # noqa: E402
+from nscfate.paths import CONF_DIR, register_resolvers  # noqa: E402
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")
+@friendly_errors("nscfate-predict")
+def app(cfg: DictConfig) -> None:
+    """Predict every crop of ``input`` with ``model``; write ``output`` (and its fractions table)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from nscfate.tracking.connection import check_reachable
+    from nscfate.tracking.predict import (
+        fate_fraction_table,
+        load_inputs,
+        load_model,
+        predict_cells,
+        resolve_model_uri,
+        write_csv,
+    )
+    from nscfate.tracking.summary import print_fractions
+
+    output = Path(cfg.output).expanduser().resolve()
+    crops, cells = load_inputs(Path(cfg.input).expanduser())
+    check_reachable(cfg.tracking.uri)
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    uri = resolve_model_uri(str(cfg.model_uri), MlflowClient(cfg.tracking.uri))
+    predictions = predict_cells(load_model(uri), crops, cells)
+    write_csv(predictions, output)
+    print(f"predicted {len(predictions)} cells with {cfg.model_uri} -> {output}")
+    fractions = fate_fraction_table(predictions)
+    if fractions is not None:
+        fractions_path = output.with_name(f"{output.stem}_fractions.csv")
+        write_csv(fractions, fractions_path)
+        print_fractions(fractions)
+        print(f"fate fractions -> {fractions_path}")
+
+
+def main() -> None:
+    """Entry point: ``model=<uri>`` means ``model_uri=<uri>`` (``model`` is also a config group)."""
+    sys.argv = [
+        f"model_uri={a[len('model=') :]}" if a.startswith("model=") else a for a in sys.argv
+    ]
+    app()
+
+
+if __name__ == "__main__":
+    main()

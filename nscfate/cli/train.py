@@ -1,0 +1,37 @@
+"""``nscfate-train``: the Hydra app on conf/train.yaml. Returns the objective for sweepers."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from nscfate.cli.errors import friendly_errors  # noqa: E402
+from nscfate.paths import CONF_DIR, register_resolvers  # noqa: E402
+
+log = logging.getLogger("nscfate")
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+@friendly_errors("nscfate-train")
+def main(cfg: DictConfig) -> float:
+    """Train, evaluate and track one run; print its summary; return the objective."""
+    from nscfate.search import trial
+    from nscfate.tracking.run import tracked_train
+    from nscfate.tracking.summary import print_summary
+
+    if (ctx := trial.current()) is not None:  # launched by the sweeper: report, never exit
+        return trial.run_trial(cfg, ctx)
+    result = tracked_train(cfg)
+    if result.run_id:
+        print_summary(cfg, result)
+    return result.objective
+
+
+if __name__ == "__main__":
+    main()

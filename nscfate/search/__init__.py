@@ -1,0 +1,1 @@
+"""Search layer: nscfate's Optuna sweeper (search spaces, studies, pruning, MLflow parent runs)."""

@@ -1,0 +1,192 @@
+"""Optuna storages by URL, a lock per storage, and exact trial accounting across workers.
+
+- ``sqlite:///<abs path>/optuna.db`` (default; never the MLflow database), ``postgresql://...``,
+  ``mysql://...``: RDBStorage with heartbeats, so trials of a killed worker become stale, fail and are
+  retried with the same parameters.
+- ``journal:///<abs path>/optuna.log`` (or a path ending in ``.log``/``.journal``): Optuna's journal
+  file storage, safe on NFS; dead local workers are found by process id instead of heartbeat.
+
+``search.n_trials`` is the study's total: workers take a trial slot under a lock held on the storage
+(a file lock for SQLite and journal files, an advisory lock for PostgreSQL), so several processes
+together finish exactly ``n_trials``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from nscfate.errors import NscfateError
+
+HEARTBEAT_SECONDS = 10
+GRACE_SECONDS = 30
+#: A trial that a dead worker left behind is re-run with the same parameters at most this often.
+MAX_RETRY = 3
+_RDB = ("sqlite:", "postgresql", "mysql")
+
+
+def journal_path(url: str) -> Path | None:
+    """The file of a journal storage URL, or None for a database URL."""
+    if url.startswith("journal://"):
+        return Path(url.removeprefix("journal://"))
+    if not url.startswith(_RDB) and url.endswith((".log", ".journal")):
+        return Path(url)
+    return None
+
+
+def open_storage(url: str) -> BaseStorage:
+    """An Optuna storage for ``url``, checked to be reachable (NscfateError naming the URL if not)."""
+    if (path := journal_path(url)) is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        except OSError as err:
+            raise NscfateError(
+                f"search.storage={url}: cannot open journal file {path}: {err}"
+            ) from err
+    if not url.startswith(_RDB):
+        raise NscfateError(
+            f"search.storage={url}: expected sqlite:///<path>, postgresql://..., mysql://... or journal:///<path>"
+        )
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine_kwargs = (
+        {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    )
+    if url.startswith("postgresql"):
+        engine_kwargs["connect_args"] = {"connect_timeout": 5}
+    try:
+        return RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=HEARTBEAT_SECONDS,
+            grace_period=GRACE_SECONDS,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+        )
+    except Exception as err:
+        raise NscfateError(
+            f"search.storage={url} is unreachable: {str(err).splitlines()[0]}"
+        ) from err
+
+
+@contextmanager
+def storage_lock(url: str, study_name: str) -> Iterator[None]:
+    """Hold a lock shared by every worker of ``study_name`` on this storage."""
+    if url.startswith("postgresql"):
+        with _advisory_lock(url, study_name):
+            yield
+        return
+    path = journal_path(url) or (
+        Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    )
+    if (
+        path is None
+    ):  # MySQL and others: no cross-process lock; counts may overshoot by a trial per worker
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_file = path.with_name(f"{path.name}.{_key(study_name)}.lock")
+    with open(lock_file, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _advisory_lock(url: str, study_name: str) -> Iterator[None]:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(
+        url, poolclass=sqlalchemy.pool.NullPool, connect_args={"connect_timeout": 5}
+    )
+    key = int(_key(study_name), 16) & 0x7FFFFFFFFFFFFFFF
+    try:
+        conn = engine.connect()
+    except Exception as err:
+        raise NscfateError(
+            f"search.storage={url} is unreachable: {str(err).splitlines()[0]}"
+        ) from err
+    with conn:
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        try:
+            yield
+        finally:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+
+
+def _key(study_name: str) -> str:
+    return hashlib.sha256(study_name.encode()).hexdigest()[:15]
+
+
+def worker_id() -> str:
+    """host:pid of this process, stored on the trials it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def replaced_numbers(trials: list[FrozenTrial]) -> set[int]:
+    """Numbers of failed trials that were re-queued (their retries stand in for them)."""
+    out: set[int] = set()
+    for t in trials:
+        out.update(t.system_attrs.get("retry_history", []))
+    return out
+
+
+def counted_trials(study: optuna.Study) -> int:
+    """Trials that count toward ``n_trials``: all but waiting ones and failed ones that were retried."""
+    trials = study.get_trials(deepcopy=False)
+    replaced = replaced_numbers(trials)
+    return sum(
+        1
+        for t in trials
+        if t.state != TrialState.WAITING
+        and not (t.state == TrialState.FAIL and t.number in replaced)
+    )
+
+
+def recover_dead_trials(study: optuna.Study) -> list[int]:
+    """Fail and re-queue RUNNING trials whose worker is gone (heartbeat stale, or a dead local pid).
+
+    Returns the numbers of the trials that were recovered.
+    """
+    storage = study._storage
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    optuna.storages.fail_stale_trials(study)  # RDB heartbeats: any host
+    host = socket.gethostname()
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        who = str(t.user_attrs.get("worker", ""))
+        if who.rpartition(":")[0] == host and not _alive(int(who.rpartition(":")[2])):
+            storage.set_trial_user_attr(t._trial_id, "error", f"worker {who} died")
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            retry(study, storage.get_trial(t._trial_id))
+    still = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    return sorted(before - still)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    return (
+        not cmdline.exists()
+        or b"nscfate" in cmdline.read_bytes()
+        or b"python" in cmdline.read_bytes()
+    )

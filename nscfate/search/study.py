@@ -1,0 +1,101 @@
+"""Studies: samplers and pruners by name, a stable default study name, create-or-load."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+
+import optuna
+from omegaconf import DictConfig
+
+from nscfate.errors import NscfateError
+from nscfate.search.space import SearchSpace
+from nscfate.search.storage import open_storage
+
+DIRECTIONS = ("maximize", "minimize")
+
+
+def _tpe(cfg: DictConfig, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.n_startup_trials)
+
+
+def _random(cfg: DictConfig, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.RandomSampler(seed=cfg.seed)
+
+
+def _gp(cfg: DictConfig, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.GPSampler(seed=cfg.seed, n_startup_trials=cfg.n_startup_trials)
+
+
+class ExhaustibleGridSampler(optuna.samplers.GridSampler):
+    """GridSampler for ask/tell loops: Optuna's calls ``study.stop()`` when the grid is used up,
+    which is only legal inside ``study.optimize``; the sweeper asks :meth:`exhausted` instead."""
+
+    def after_trial(self, study, trial, state, values) -> None:  # noqa: ANN001
+        pass
+
+    def exhausted(self, study: optuna.Study) -> bool:
+        """True when every grid point is taken (running ones included)."""
+        return not self._get_unvisited_grid_ids(study)
+
+
+def _grid(cfg: DictConfig, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    return ExhaustibleGridSampler(space.grid(), seed=cfg.seed)
+
+
+SAMPLERS: dict[str, Callable[[DictConfig, SearchSpace], optuna.samplers.BaseSampler]] = {
+    "tpe": _tpe,
+    "random": _random,
+    "gp": _gp,
+    "grid": _grid,
+}
+
+PRUNERS: dict[str, Callable[[DictConfig, int], optuna.pruners.BasePruner]] = {
+    "median": lambda cfg, epochs: optuna.pruners.MedianPruner(
+        n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.n_warmup_steps
+    ),
+    "hyperband": lambda cfg, epochs: optuna.pruners.HyperbandPruner(
+        min_resource=1, max_resource=max(epochs, 2)
+    ),
+    "none": lambda cfg, epochs: optuna.pruners.NopPruner(),
+}
+
+
+def study_name(search: DictConfig, space: SearchSpace, metric: str) -> str:
+    """``search.study`` if set, else a name derived from the space so the same command resumes."""
+    if search.get("study"):
+        return str(search.study)
+    spec = {k: repr(v) for k, v in sorted(space.distributions.items())} | {
+        "fixed": sorted(space.fixed)
+    }
+    digest = hashlib.sha256(json.dumps([spec, metric, search.direction]).encode()).hexdigest()[:8]
+    return f"{search.get('name') or 'sweep'}-{digest}"
+
+
+def load_study(search: DictConfig, space: SearchSpace, name: str, max_epochs: int) -> optuna.Study:
+    """Create the study, or load it if it exists (resume, or another worker)."""
+    if search.direction not in DIRECTIONS:
+        raise NscfateError(f"search.direction={search.direction!r}: expected maximize or minimize")
+    if search.sampler not in SAMPLERS:
+        raise NscfateError(
+            f"search.sampler={search.sampler!r}: expected one of {', '.join(SAMPLERS)}"
+        )
+    if search.pruner not in PRUNERS:
+        raise NscfateError(f"search.pruner={search.pruner!r}: expected one of {', '.join(PRUNERS)}")
+    if not space.distributions:
+        raise NscfateError(
+            "the search space is empty: give e.g. 'model=choice(small_cnn,resnet18)' or search=<space>"
+        )
+    storage = open_storage(search.storage)
+    try:
+        return optuna.create_study(
+            study_name=name,
+            storage=storage,
+            sampler=SAMPLERS[search.sampler](search, space),
+            pruner=PRUNERS[search.pruner](search, max_epochs),
+            direction=search.direction,
+            load_if_exists=True,
+        )
+    except ValueError as err:
+        raise NscfateError(f"study {name!r} in {search.storage}: {err}") from err

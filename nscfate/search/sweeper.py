@@ -1,0 +1,256 @@
+"""nscfate's Optuna sweeper: ``nscfate-train -m search=<space> [overrides in Hydra's sweep grammar]``.
+
+Each worker process loops: take a trial slot under the storage lock (so all workers together run
+exactly ``search.n_trials``), ask Optuna for parameters, run the trial through Hydra's launcher in this
+process (a tracked training run nested under the study's MLflow parent run, reporting every epoch to
+the pruner), tell Optuna how it ended. Rerunning the same command resumes the study; a failing trial
+is recorded and the sweep goes on until ``search.max_failure_rate`` is passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
+from hydra.types import HydraContext, TaskFunction
+from mlflow import MlflowClient
+from omegaconf import DictConfig
+from optuna.storages._heartbeat import get_heartbeat_thread
+from optuna.trial import TrialState
+
+from nscfate.errors import NscfateError
+from nscfate.search import trial as trials
+from nscfate.search.mirror import find_or_create_parent, finish_parent, study_summary
+from nscfate.search.space import SearchSpace, parse_space
+from nscfate.search.storage import (
+    counted_trials,
+    recover_dead_trials,
+    replaced_numbers,
+    storage_lock,
+)
+from nscfate.search.study import ExhaustibleGridSampler, load_study, study_name
+from nscfate.tracking.connection import connect
+from nscfate.tracking.registry import candidate_from_run, register
+from nscfate.training.train import check_objective
+
+log = logging.getLogger(__name__)
+SUMMARY_FILE = "sweep_summary.yaml"
+
+
+class OptunaSweeper:
+    """The implementation behind the Hydra sweeper plugin ``hydra/sweeper=nscfate_optuna``."""
+
+    def __init__(self) -> None:
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.launcher: Any = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def sweep(self, arguments: list[str]) -> dict:
+        """Run this worker's share of the study; returns (and writes) the study summary."""
+        search = self._search_config()
+        space = parse_space([*(f"{k}={v}" for k, v in (search.params or {}).items()), *arguments])
+        self._validate(space)
+        name = study_name(search, space, search.metric)
+        # Workers starting together on fresh storages would race to create the same tables
+        # (creating an MLflow client migrates its database), so all of that happens under the lock.
+        with storage_lock(search.storage, name):
+            study = load_study(search, space, name, max_epochs=int(self.config.trainer.max_epochs))
+            experiment_id = connect(
+                self.config.tracking.uri,
+                self.config.tracking.experiment,
+                self.config.tracking.get("artifact_location"),
+            )
+            client = MlflowClient(self.config.tracking.uri)
+            recovered = recover_dead_trials(study)
+            parent = find_or_create_parent(client, experiment_id, study, search.storage)
+        if recovered:
+            log.warning("re-queued trials %s left running by a dead worker", recovered)
+        client.update_run(parent, status="RUNNING")
+        log.info(
+            "study %r in %s: %d of %d trials done; MLflow parent run %s",
+            name,
+            search.storage,
+            counted_trials(study),
+            search.n_trials,
+            parent,
+        )
+        self._run_trials(study, space, search, parent)
+        return self._finish(study, search, client, parent)
+
+    def _search_config(self) -> DictConfig:
+        search = self.config.get("search")
+        if search is None:
+            raise NscfateError(
+                "a sweep needs a search config: add search=default (or search=architecture, ...)"
+            )
+        check_objective(search.metric)
+        if int(search.n_trials) < 1:
+            raise NscfateError(f"search.n_trials={search.n_trials}: expected at least 1")
+        if not 0 <= float(search.max_failure_rate) <= 1:
+            raise NscfateError(
+                f"search.max_failure_rate={search.max_failure_rate}: expected a value in [0, 1]"
+            )
+        return search
+
+    def _validate(self, space: SearchSpace) -> None:
+        """Compose a config for every choice (and each interval's ends) before any trial starts."""
+        loader = self.hydra_context.config_loader
+        probes = [space.fixed]
+        for key, dist in space.distributions.items():
+            values = getattr(dist, "choices", None) or (dist.low, dist.high)
+            probes += [
+                [*space.fixed, *space.overrides({key: v})[len(space.fixed) :]] for v in values
+            ]
+        for overrides in probes:
+            try:
+                loader.load_sweep_config(self.config, list(overrides))
+            except Exception as err:
+                first = str(err).strip().splitlines()[0]
+                raise NscfateError(f"search space {' '.join(overrides)}: {first}") from err
+
+    def _run_trials(
+        self, study: optuna.Study, space: SearchSpace, search: DictConfig, parent: str
+    ) -> None:
+        while True:
+            with storage_lock(search.storage, study.study_name):
+                if counted_trials(study) >= search.n_trials:
+                    return
+                if isinstance(study.sampler, ExhaustibleGridSampler) and study.sampler.exhausted(
+                    study
+                ):
+                    log.info("the grid is exhausted before search.n_trials=%d", search.n_trials)
+                    return
+                trial = study.ask(space.distributions)
+            outcome = self._launch(trial, study, space, search, parent)
+            self._tell(study, trial, outcome, search.metric)
+            self._check_failures(study, search)
+
+    def _launch(
+        self,
+        trial: optuna.Trial,
+        study: optuna.Study,
+        space: SearchSpace,
+        search: DictConfig,
+        parent: str,
+    ) -> trials.TrialOutcome:
+        overrides = space.overrides(trial.params)
+        log.info("trial %d: %s", trial.number, " ".join(overrides))
+        ctx = trials.TrialContext(
+            trial, study, parent, search.metric, prune=search.pruner != "none"
+        )
+        with trials.active(ctx), get_heartbeat_thread(trial._trial_id, study._storage):
+            ret = self.launcher.launch([overrides], initial_job_idx=trial.number)[0]
+        if ret.status == JobStatus.COMPLETED and isinstance(ret.return_value, trials.TrialOutcome):
+            return ret.return_value
+        error = (
+            ret._return_value if ret.status == JobStatus.FAILED else "the task returned no outcome"
+        )
+        return trials.TrialOutcome(TrialState.FAIL, error=f"{type(error).__name__}: {error}")
+
+    @staticmethod
+    def _tell(
+        study: optuna.Study, trial: optuna.Trial, outcome: trials.TrialOutcome, metric: str
+    ) -> None:
+        if outcome.state == TrialState.FAIL:
+            trial.set_user_attr("error", (outcome.error or "")[:1000])
+            log.warning("trial %d failed: %s", trial.number, outcome.error)
+        if outcome.state == TrialState.COMPLETE:
+            study.tell(trial, outcome.value)
+            log.info("trial %d: %s = %.4f", trial.number, metric, outcome.value)
+        else:
+            study.tell(trial, state=outcome.state)
+
+    @staticmethod
+    def _check_failures(study: optuna.Study, search: DictConfig) -> None:
+        all_trials = study.get_trials(deepcopy=False)
+        replaced = replaced_numbers(all_trials)  # a dead worker's trial is retried, not a failure
+        finished = [t for t in all_trials if t.state.is_finished() and t.number not in replaced]
+        failed = [t for t in finished if t.state == TrialState.FAIL]
+        if (
+            finished
+            and len(failed) / len(finished) > float(search.max_failure_rate)
+            and len(failed) >= 2
+        ):
+            raise NscfateError(
+                f"{len(failed)} of {len(finished)} trials failed, more than search.max_failure_rate="
+                f"{search.max_failure_rate}; last error: {failed[-1].user_attrs.get('error')}"
+            )
+
+    def _finish(
+        self, study: optuna.Study, search: DictConfig, client: MlflowClient, parent: str
+    ) -> dict:
+        summary = study_summary(study)
+        summary |= {
+            "storage": search.storage,
+            "metric": search.metric,
+            "n_trials": int(search.n_trials),
+            "mlflow_parent_run_id": parent,
+        }
+        complete = counted_trials(study) >= search.n_trials and summary["trials"]["running"] == 0
+        if (
+            complete
+            and search.get("register_best")
+            and summary.get("best", {}).get("mlflow_run_id")
+        ):
+            version = register(
+                client,
+                search.model_name,
+                candidate_from_run(
+                    client,
+                    summary["best"]["mlflow_run_id"],
+                    f"best trial {summary['best']['number']} of {study.study_name}",
+                ),
+            )
+            summary["registered"] = {
+                "model": search.model_name,
+                "version": version.version,
+                "alias": "challenger",
+            }
+        finish_parent(client, parent, study, summary, complete)
+        out = Path(self.config.hydra.sweep.dir) / SUMMARY_FILE
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(yaml.safe_dump(summary, sort_keys=False))
+        print_summary(summary, out)
+        return summary
+
+
+def print_summary(summary: dict, path: Path) -> None:
+    """The sweep's outcome on the terminal."""
+    from rich.console import Console
+
+    console = Console(width=110)
+    t = summary["trials"]
+    console.print(
+        f"study {summary['study']} ({summary['storage']}): {t['complete']} complete, "
+        f"{t['pruned']} pruned, {t['fail']} failed, {t['running']} running; "
+        f"{summary['epochs_trained']} epochs trained"
+    )
+    if "best" in summary:
+        best = summary["best"]
+        params = ", ".join(f"{k}={v}" for k, v in best["params"].items())
+        value = best["value"]
+        shown = f"{value:.4f}" if math.isfinite(value) else "nan"
+        console.print(f"best trial {best['number']}: {summary['metric']} = {shown}")
+        console.print(f"  params: {params}")
+        console.print(
+            f"  MLflow run: {best['mlflow_run_id']} (parent {summary['mlflow_parent_run_id']})"
+        )
+    if "registered" in summary:
+        reg = summary["registered"]
+        console.print(f"registered as {reg['model']} v{reg['version']} (alias {reg['alias']})")
+    console.print(f"summary written to {path}")
+    console.print(f"look at the study: optuna-dashboard {summary['storage']}")

@@ -1,0 +1,125 @@
+"""One trial: a tracked training run nested under the study's parent run, fed to the pruner per epoch.
+
+The sweeper runs trials through Hydra's launcher, in this process; it hands the trial to the task
+function through :func:`current`, which ``nscfate-train`` checks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import optuna
+from lightning.pytorch.callbacks import Callback
+from mlflow import MlflowClient
+from omegaconf import DictConfig
+from optuna.trial import TrialState
+from optuna_integration import PyTorchLightningPruningCallback
+
+from nscfate.errors import user_error_in
+from nscfate.search.mirror import child_tags
+from nscfate.search.storage import worker_id
+from nscfate.tracking.run import tracked_train
+from nscfate.training.module import FIT_METRICS
+
+
+@dataclass
+class TrialContext:
+    """What a trial's task needs from the sweep."""
+
+    trial: optuna.Trial
+    study: optuna.Study
+    parent_run_id: str
+    metric: str
+    prune: bool
+
+
+@dataclass
+class TrialOutcome:
+    """How a trial ended: COMPLETE with a value, PRUNED, or FAIL with an error."""
+
+    state: TrialState
+    value: float | None = None
+    error: str | None = None
+
+
+_current: TrialContext | None = None
+
+
+def current() -> TrialContext | None:
+    """The trial being run by the sweeper in this process, if any."""
+    return _current
+
+
+@contextmanager
+def active(ctx: TrialContext) -> Iterator[None]:
+    """Make ``ctx`` the current trial while the launcher runs the task."""
+    global _current
+    _current = ctx
+    try:
+        yield
+    finally:
+        _current = None
+
+
+class EpochCounter(Callback):
+    """Record on the trial how many epochs it trained (pruned trials stop early)."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        self.trial.set_user_attr("epochs", trainer.current_epoch + 1)
+
+
+def run_trial(cfg: DictConfig, ctx: TrialContext) -> TrialOutcome:
+    """Train and track one trial; never raises for a failing trial (the sweep goes on)."""
+    trial = ctx.trial
+    trial.set_user_attr("worker", worker_id())
+    callbacks: list[Callback] = [EpochCounter(trial)]
+    if ctx.prune:
+        monitor = ctx.metric if ctx.metric in FIT_METRICS else "val/f1_macro"
+        callbacks.append(PyTorchLightningPruningCallback(trial, monitor=monitor))
+    run_ids: list[str] = []
+
+    def started(run_id: str) -> None:
+        run_ids.append(run_id)
+        trial.set_user_attr("mlflow_run_id", run_id)
+        MlflowClient(cfg.tracking.uri).log_batch(
+            run_id, params=[optuna_param(k, v) for k, v in trial.params.items()]
+        )
+
+    try:
+        result = tracked_train(
+            cfg,
+            tags=child_tags(ctx.parent_run_id, ctx.study, trial),
+            callbacks=callbacks,
+            on_run_started=started,
+            interruptions=(optuna.TrialPruned,),
+        )
+    except optuna.TrialPruned:
+        if run_ids:
+            MlflowClient(cfg.tracking.uri).set_tag(run_ids[0], "optuna.state", "PRUNED")
+        return TrialOutcome(TrialState.PRUNED)
+    except Exception as err:  # a failing trial is recorded, the sweep goes on
+        error = str(user_error_in(err) or f"{type(err).__name__}: {err}")
+        trial.set_user_attr("error", error[:1000])
+        return TrialOutcome(TrialState.FAIL, error=error)
+    value = result.metrics.get(ctx.metric)
+    if value is None or not math.isfinite(value):
+        error = f"objective {ctx.metric} is {value} (not a finite number)"
+        trial.set_user_attr("error", error)
+        client = MlflowClient(cfg.tracking.uri)
+        client.set_tag(result.run_id, "nscfate.failed_reason", error)
+        client.set_terminated(result.run_id, "FAILED")
+        return TrialOutcome(TrialState.FAIL, error=error)
+    return TrialOutcome(TrialState.COMPLETE, value=float(value))
+
+
+def optuna_param(name: str, value: object):  # noqa: ANN201
+    """A trial parameter as an MLflow param ``trial.<name>``."""
+    from mlflow.entities import Param
+
+    return Param(f"trial.{name}", str(value))

@@ -1,0 +1,1 @@
+"""Tracking layer: MLflow connection, tracked training runs, the pyfunc model, the registry."""

@@ -1,0 +1,151 @@
+"""Predict fates of new crops with a logged or registered model: inputs, model resolution, tables."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from nscfate.data.imageio import is_image, read_grey
+from nscfate.data.ingest import scan_folder
+from nscfate.data.schema import CLASSES, canonical_label
+from nscfate.data.store import open_store
+from nscfate.errors import NscfateError
+from nscfate.tracking.pyfunc import FateModel
+
+PROB_PREFIX = "p_"
+
+
+def resolve_model_uri(model: str, client: MlflowClient) -> str:
+    """``models:/name@alias``, ``models:/name/3``, ``runs:/...``, a run id, or a local model folder."""
+    if model.startswith(("models:/", "runs:/")):
+        return model
+    if Path(model).is_dir():
+        if not (Path(model) / "MLmodel").is_file():
+            raise NscfateError(
+                f"model={model} is a folder but not an MLflow model (no MLmodel file)"
+            )
+        return str(Path(model).resolve())
+    if re.fullmatch(r"[0-9a-f]{32}", model):
+        try:
+            tags = client.get_run(model).data.tags
+        except MlflowException as err:
+            raise NscfateError(f"model={model}: no such run in {client.tracking_uri}") from err
+        if "nscfate.model_uri" not in tags:
+            raise NscfateError(
+                f"model={model}: the run has no logged model (tag nscfate.model_uri)"
+            )
+        return tags["nscfate.model_uri"]
+    raise NscfateError(
+        f"model={model}: expected models:/<name>@<alias>, models:/<name>/<version>, a run id or an MLflow model folder"
+    )
+
+
+def load_model(uri: str) -> mlflow.pyfunc.PyFuncModel:
+    """Load a pyfunc model, with a one-line error naming the URI when it does not resolve."""
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    except (MlflowException, OSError) as err:
+        message = getattr(err, "message", str(err)).splitlines()[0]
+        raise NscfateError(f"model={uri} does not resolve: {message}") from err
+
+
+def load_inputs(path: str | os.PathLike) -> tuple[list[np.ndarray], pd.DataFrame]:
+    """Crops and per-cell columns from a folder of images, a dataset store, a manifest or one image."""
+    path = Path(path)
+    if not path.exists():
+        raise NscfateError(f"input={path} does not exist")
+    if path.is_dir() and (path / "dataset.json").is_file():
+        store = open_store(path)
+        index = store.index[["source", "label", "day", "condition"]].copy()
+        return list(np.asarray(store.images)), index
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return _from_manifest(path)
+    if path.is_file():
+        return [read_grey(path)], pd.DataFrame({"source": [path.name]})
+    return _from_folder(path)
+
+
+def _from_folder(path: Path) -> tuple[list[np.ndarray], pd.DataFrame]:
+    files = sorted(p for p in path.rglob("*") if is_image(p))
+    if not files:
+        raise NscfateError(f"input={path} holds no images (.png/.bmp/.tif/.jpg)")
+    try:  # a <class>/... tree: keep what its layout says about each cell
+        records = scan_folder(path)
+        cells = pd.DataFrame(
+            [
+                {"source": r.source, "label": r.label, "day": r.day, "condition": r.condition}
+                for r in records
+            ]
+        )
+        files = [r.path for r in records]
+    except NscfateError:
+        cells = pd.DataFrame({"source": [f.relative_to(path).as_posix() for f in files]})
+    return [read_grey(f) for f in files], cells
+
+
+def _from_manifest(path: Path) -> tuple[list[np.ndarray], pd.DataFrame]:
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if "path" not in df.columns:
+        raise NscfateError(f"manifest {path} lacks a path column (found {','.join(df.columns)})")
+    if df.empty:
+        raise NscfateError(f"manifest {path} lists no images")
+    files = [Path(p) if Path(p).is_absolute() else path.parent / p for p in df["path"]]
+    cells = df.rename(columns={"path": "source"})
+    if "label" in cells:
+        cells["label"] = [
+            canonical_label(v, f"{path} line {i + 2}") if v else ""
+            for i, v in enumerate(cells["label"])
+        ]
+    if "day" in cells:
+        cells["day"] = pd.to_numeric(cells["day"], errors="coerce")
+    return [read_grey(f) for f in files], cells
+
+
+def predict_cells(
+    model: mlflow.pyfunc.PyFuncModel, crops: list[np.ndarray], cells: pd.DataFrame
+) -> pd.DataFrame:
+    """One row per cell: source (and known columns), predicted fate, one probability per class."""
+    inner = model.unwrap_python_model() if hasattr(model, "unwrap_python_model") else None
+    if isinstance(inner, FateModel):  # takes crops of different sizes in one call
+        probs = inner.predict(None, crops)
+    else:
+        probs = model.predict(np.stack(crops).astype(np.float32))
+    out = cells.reset_index(drop=True).copy()
+    out["fate"] = probs["fate"].to_numpy()
+    for c in CLASSES:
+        out[f"{PROB_PREFIX}{c}"] = probs[c].to_numpy()
+    return out
+
+
+def fate_fraction_table(predictions: pd.DataFrame) -> pd.DataFrame | None:
+    """Predicted fate fractions per condition (and day, when known); None without a condition column."""
+    if "condition" not in predictions:
+        return None
+    keys = ["condition"] + (
+        ["day"] if "day" in predictions and predictions["day"].notna().any() else []
+    )
+    rows = []
+    for key, group in predictions.groupby(keys, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(keys, key, strict=True)) | {"n_cells": len(group)}
+        row |= {f"pred_frac_{c}": float((group["fate"] == c).mean()) for c in CLASSES}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_csv(table: pd.DataFrame, out: Path) -> None:
+    """Write a CSV atomically (temporary file, then rename)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)

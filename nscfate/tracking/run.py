@@ -1,0 +1,263 @@
+"""A tracked training run: ``train(cfg)`` inside an MLflow run that records everything about it.
+
+Per run: the flattened resolved config as params, the config YAML, git commit, the dataset and split
+digests (as MLflow dataset inputs), per-epoch metrics (through Lightning's MLFlowLogger), the final
+test and independent-condition metrics, plots, per-cell predictions, the best checkpoint and the
+pyfunc model. A run that raises ends FAILED. Only rank 0 talks to MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
+from mlflow.data.dataset_source import DatasetSource
+from mlflow.data.meta_dataset import MetaDataset
+from omegaconf import DictConfig, OmegaConf
+
+from nscfate.data.preview import contact_sheet
+from nscfate.errors import NscfateError
+from nscfate.paths import REPO_ROOT
+from nscfate.tracking.connection import connect
+from nscfate.tracking.pyfunc import log_fate_model
+from nscfate.training import plots
+from nscfate.training.module import FIT_METRICS
+from nscfate.training.train import preflight, train
+
+log = logging.getLogger(__name__)
+#: Longest parameter value logged as is (MLflow allows 6000; the UI is happier with less).
+MAX_PARAM_CHARS = 500
+
+
+@dataclass
+class TrackedRun:
+    """The outcome of a tracked run: its objective, all metrics and the MLflow run id."""
+
+    objective: float
+    metrics: dict[str, float]
+    run_id: str | None
+
+
+def tracked_train(
+    cfg: DictConfig,
+    tags: Mapping[str, str] | None = None,
+    callbacks: Sequence[Callback] = (),
+    on_run_started: Callable[[str], None] | None = None,
+    interruptions: tuple[type[BaseException], ...] = (),
+) -> TrackedRun:
+    """Run ``train(cfg)`` inside a new MLflow run.
+
+    ``tags`` may nest it (``mlflow.parentRunId``); ``on_run_started`` learns the run id as soon as
+    it exists; an exception of a type in ``interruptions`` (a pruned trial) ends the run KILLED and
+    tagged ``nscfate.interrupted`` instead of FAILED, then propagates.
+    """
+    preflight(cfg)
+    if rank_zero_only.rank != 0:  # DDP workers train but never log
+        metrics, _ = train(cfg, callbacks=callbacks)
+        return TrackedRun(float("nan"), metrics, None)
+    experiment_id = connect(
+        cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_location
+    )
+    run_tags = {**(cfg.tracking.get("tags") or {}), **(tags or {}), **git_tags()}
+    run = mlflow.start_run(
+        experiment_id=experiment_id, run_name=cfg.tracking.get("run_name"), tags=run_tags
+    )
+    with run:
+        run_id = run.info.run_id
+        if on_run_started:
+            on_run_started(run_id)
+        log.info(
+            "MLflow run %s in experiment %s (%s)", run_id, cfg.tracking.experiment, cfg.tracking.uri
+        )
+        log_config(cfg)
+        logger = MLFlowLogger(
+            experiment_name=cfg.tracking.experiment,
+            tracking_uri=cfg.tracking.uri,
+            run_id=run_id,
+            artifact_location=None,
+        )
+        try:
+            metrics, objects = train(cfg, logger=logger, callbacks=callbacks)
+        except interruptions as stop:
+            mlflow.set_tag("nscfate.interrupted", type(stop).__name__)
+            mlflow.end_run("KILLED")
+            raise
+        log_results(cfg, metrics, objects)
+    if cfg.objective not in metrics:
+        raise NscfateError(
+            f"objective={cfg.objective} was never logged by run {run_id} (no complete training epoch?)"
+        )
+    return TrackedRun(float(metrics[cfg.objective]), metrics, run_id)
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, str]:
+    """Flatten a nested config into ``a.b.c -> value`` strings, long values shortened."""
+    if isinstance(node, Mapping):
+        items = node.items()
+    elif isinstance(node, list) and any(isinstance(v, (Mapping, list)) for v in node):
+        items = ((str(i), v) for i, v in enumerate(node))
+    else:
+        text = str(node)
+        return {
+            prefix: text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 3] + "..."
+        }
+    out: dict[str, str] = {}
+    for key, value in items:
+        out |= flatten(value, f"{prefix}.{key}" if prefix else str(key))
+    return out
+
+
+def log_config(cfg: DictConfig) -> None:
+    """The resolved config as params and as ``config.yaml``."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    mlflow.log_params(flatten(resolved))
+    mlflow.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
+
+
+def git_tags() -> dict[str, str]:
+    """The checkout's commit (and whether it had uncommitted changes) as MLflow source tags."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    if not commit:
+        return {}
+    return {
+        "mlflow.source.git.commit": commit,
+        "nscfate.git_dirty": str(bool(git("status", "--porcelain"))),
+    }
+
+
+def log_results(cfg: DictConfig, metrics: dict[str, float], objects: dict[str, Any]) -> None:
+    """Final metrics, dataset inputs, plots, predictions, checkpoint and the pyfunc model."""
+    datamodule, evaluation = objects["datamodule"], objects["evaluation"]
+    # fit metrics already went in per epoch through the Lightning logger
+    mlflow.log_metrics(
+        {k: v for k, v in metrics.items() if k not in FIT_METRICS and np.isfinite(v)}
+    )
+    log_dataset_inputs(datamodule)
+    oracle_metrics = _oracle_scores(datamodule)
+    mlflow.log_metrics(oracle_metrics)
+    metrics |= oracle_metrics
+    oracle = {
+        float(k.removeprefix("oracle/acc_day")): v
+        for k, v in oracle_metrics.items()
+        if "acc_day" in k
+    }
+    for fig, name in _figures(evaluation, oracle):
+        mlflow.log_figure(fig, f"plots/{name}.png")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        evaluation.cells.to_csv(tmp / "cells.csv", index=False)
+        mlflow.log_artifact(str(tmp / "cells.csv"), "predictions")
+        if len(evaluation.fractions_by_day):
+            evaluation.fractions_by_day.to_csv(tmp / "fate_fractions_by_day.csv", index=False)
+            mlflow.log_artifact(str(tmp / "fate_fractions_by_day.csv"), "predictions")
+        sheet = contact_sheet(datamodule.store, tmp / "data_preview.png")
+        mlflow.log_artifact(str(sheet), "plots")
+        if objects.get("best_checkpoint"):
+            mlflow.log_artifact(objects["best_checkpoint"], "checkpoints")
+        if cfg.tracking.get("log_model", True):
+            info = _log_model(cfg, objects, tmp / "model")
+            mlflow.set_tag("nscfate.model_uri", info.model_uri)
+
+
+def log_dataset_inputs(datamodule: Any) -> None:
+    """Dataset and split digests as MLflow dataset inputs (and tags, which are searchable)."""
+    store = datamodule.store
+    source = _StoreSource(str(store.path))
+    mlflow.log_input(
+        MetaDataset(source, name=store.path.name, digest=store.digest[:16]),
+        context="dataset",
+        tags={"digest": store.digest},
+    )
+    mlflow.log_input(
+        MetaDataset(source, name=f"{store.path.name}-split", digest=datamodule.split_digest[:16]),
+        context="split",
+        tags={"split_digest": datamodule.split_digest},
+    )
+    mlflow.set_tags(
+        {
+            "nscfate.dataset_digest": store.digest,
+            "nscfate.split_digest": datamodule.split_digest,
+            "nscfate.dataset_path": str(store.path),
+        }
+    )
+
+
+class _StoreSource(DatasetSource):
+    """A dataset store on the local filesystem, as an MLflow dataset source."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @staticmethod
+    def _get_source_type() -> str:
+        return "nscfate_store"
+
+    def load(self, dst_path: str | None = None) -> str:
+        return self.path
+
+    @staticmethod
+    def _can_resolve(raw_source: Any) -> bool:
+        return False
+
+    @classmethod
+    def _resolve(cls, raw_source: Any) -> _StoreSource:
+        return cls(str(raw_source))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path}
+
+    @classmethod
+    def from_dict(cls, source_dict: dict[Any, Any]) -> _StoreSource:
+        return cls(source_dict["path"])
+
+
+def _oracle_scores(datamodule: Any) -> dict[str, float]:
+    """The latent oracle on the run's own split (synthetic data only), as ``oracle/*`` metrics."""
+    index = datamodule.store.index
+    if not any(c.startswith("lat_") for c in index.columns):
+        return {}
+    from nscfate.data.oracle import oracle_test_scores
+
+    return {f"oracle/{k}": v for k, v in oracle_test_scores(index, datamodule.split).items()}
+
+
+def _figures(evaluation: Any, oracle: dict[float, float] | None) -> list[tuple[Any, str]]:
+    figures = [
+        (plots.confusion_figure(evaluation.confusion), "confusion_matrix"),
+        (plots.accuracy_by_day_figure(evaluation.accuracy_by_day, oracle), "accuracy_by_day"),
+    ]
+    if len(evaluation.fractions):
+        figures.append((plots.fate_fraction_figure(evaluation.fractions), "fate_fractions"))
+    return figures
+
+
+def _log_model(cfg: DictConfig, objects: dict[str, Any], workdir: Path) -> Any:
+    datamodule, module = objects["datamodule"], objects["module"]
+    store = datamodule.store
+    model_cfg = {
+        k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "_target_"
+    }
+    example = np.asarray(store.images[:2])
+    size = tuple(store.meta["shape"][1:])
+    return log_fate_model(
+        module.net, model_cfg, size, datamodule.normalizer, store.white_level, example, workdir
+    )

@@ -1,0 +1,1 @@
+"""Training layer: the LightningModule, evaluation of predictions, plots, and ``train(cfg)``."""

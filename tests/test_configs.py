@@ -1,0 +1,95 @@
+"""Every option of every config group composes, and instantiates where it can on this machine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from .conftest import CONF, compose_train
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_groups_have_their_options():
+    assert {"adamw", "sgd"} <= set(options("optimizer"))
+    assert {"cosine", "onecycle", "none"} <= set(options("scheduler"))
+    assert {"cpu", "gpu", "ddp"} <= set(options("trainer"))
+    assert {"fdr", "overfit", "limit"} <= set(options("debug"))
+    assert {"synthetic", "folder"} <= set(options("data"))
+    assert {"none", "light", "strong"} <= set(options("augmentation"))
+    assert len(options("experiment")) >= 1
+
+
+@pytest.mark.parametrize("name", options("optimizer"))
+def test_optimizers_instantiate(tmp_path, data_dir, name):
+    cfg = compose_train(tmp_path, data_dir, f"optimizer={name}")
+    opt = instantiate(cfg.optimizer)(params=[torch.nn.Parameter(torch.zeros(2))])
+    assert isinstance(opt, torch.optim.Optimizer) and opt.defaults["lr"] == cfg.optimizer.lr
+
+
+@pytest.mark.parametrize("name", options("scheduler"))
+def test_schedulers_instantiate(tmp_path, data_dir, name):
+    cfg = compose_train(tmp_path, data_dir, f"scheduler={name}")
+    assert cfg.scheduler.interval in ("epoch", "step")
+    if cfg.scheduler.scheduler is None:
+        return
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    factory = instantiate(cfg.scheduler.scheduler)
+    kwargs = {"total_steps": 10} if name == "onecycle" else {}
+    assert isinstance(factory(optimizer=opt, **kwargs), torch.optim.lr_scheduler.LRScheduler)
+
+
+@pytest.mark.parametrize("name", options("trainer"))
+def test_trainers_compose_and_cpu_instantiates(tmp_path, data_dir, name):
+    cfg = compose_train(tmp_path, data_dir, f"trainer={name}")
+    if name == "gpu":
+        assert (
+            cfg.trainer.precision == "bf16-mixed"
+            and cfg.runtime.channels_last
+            and cfg.data.pin_memory
+        )
+    elif name == "ddp":
+        assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices >= 2
+    else:
+        trainer = instantiate(cfg.trainer, logger=False)
+        assert trainer.max_epochs == 2
+
+
+@pytest.mark.parametrize("name", options("callbacks"))
+def test_callbacks_instantiate(tmp_path, data_dir, name):
+    from nscfate.training.train import instantiate_callbacks
+
+    cfg = compose_train(tmp_path, data_dir, f"callbacks={name}", fast=False)
+    built = instantiate_callbacks(cfg.callbacks)
+    assert len(built) == (4 if name == "default" else 0)
+
+
+@pytest.mark.parametrize("name", options("data"))
+@pytest.mark.parametrize("aug", options("augmentation"))
+def test_data_and_augmentation_compose(tmp_path, data_dir, tiny_synth, name, aug):
+    extra = [f"data.path={tiny_synth.path}"] if name == "folder" else []
+    cfg = compose_train(tmp_path, data_dir, f"data={name}", f"augmentation={aug}", *extra)
+    dm = instantiate(cfg.data)
+    assert dm.augmentation_cfg.name == aug
+    assert dm.normalizer.mode == "per_image"
+
+
+@pytest.mark.parametrize("name", options("debug"))
+def test_debug_options_compose(tmp_path, data_dir, name):
+    cfg = compose_train(tmp_path, data_dir, f"debug={name}")
+    trainer = OmegaConf.to_container(cfg.trainer)
+    assert {"fdr": "fast_dev_run", "overfit": "overfit_batches", "limit": "limit_train_batches"}[
+        name
+    ] in trainer
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_experiments_compose_and_say_what_they_reproduce(tmp_path, data_dir, name):
+    cfg = compose_train(tmp_path, data_dir, f"experiment={name}")
+    assert cfg.task_name == name
+    header = (CONF / "experiment" / f"{name}.yaml").read_text().splitlines()
+    assert header[0] == "# @package _global_" and header[1].startswith("# Reproduces:")

@@ -1,0 +1,328 @@
+"""Promote, predict, serve: the registry gate, alias bookkeeping, predictions on real crops, the server."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from nscfate.errors import NscfateError
+
+from .conftest import REPO, compose_train
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, data_dir):
+    """Two finished runs on one data set and split (a weak and a better one) and one on another split."""
+    from nscfate.tracking.run import tracked_train
+
+    tmp = tmp_path_factory.mktemp("registry")
+    data = "data.synthetic.cells_per_group=30"  # enough cells that a few epochs clearly learn
+    weak = tracked_train(
+        compose_train(tmp, data_dir, data, "trainer.max_epochs=1", "optimizer.lr=1e-6")
+    )
+    good = tracked_train(
+        compose_train(
+            tmp,
+            data_dir,
+            data,
+            "trainer.max_epochs=8",
+            "optimizer.lr=3e-3",
+            "~callbacks.early_stopping",
+        )
+    )
+    other = tracked_train(
+        compose_train(tmp, data_dir, data, "trainer.max_epochs=1", "data.split.seed=7")
+    )
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    return {"tmp": tmp, "uri": uri, "weak": weak.run_id, "good": good.run_id, "other": other.run_id}
+
+
+def cli(
+    name: str, *args: str, ok: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    exe = str(Path(sys.executable).parent / name)
+    proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=600, env=env)
+    if ok and proc.returncode != 0:
+        pytest.fail(f"{name} {' '.join(args)} failed: {proc.stderr[-3000:]}")
+    return proc
+
+
+def aliases(uri: str) -> dict[str, str]:
+    return {k: str(v) for k, v in MlflowClient(uri).get_registered_model("nscfate").aliases.items()}
+
+
+def test_promotion_gate_and_alias_bookkeeping(registry):
+    from nscfate.tracking.registry import candidate_from_run, promote
+
+    uri, client = registry["uri"], MlflowClient(registry["uri"])
+    first = promote(
+        client, "nscfate", candidate_from_run(client, registry["weak"]), "test/f1_macro", 0.0, False
+    )
+    assert first.promoted and first.reason == "no champion yet"
+    assert aliases(uri) == {"champion": "1", "challenger": "1"}
+
+    better = promote(
+        client, "nscfate", candidate_from_run(client, registry["good"]), "test/f1_macro", 0.0, False
+    )
+    assert (
+        better.challenger_metrics["test/f1_macro"] > better.champion_metrics["test/f1_macro"] + 0.05
+    )
+    assert better.promoted and aliases(uri) == {"champion": "2", "challenger": "2"}
+    v2 = client.get_model_version("nscfate", "2").tags
+    assert v2["nscfate.compared_with"] == "v1" and v2["nscfate.decision"].startswith(
+        "promoted to champion"
+    )
+    assert float(v2["nscfate.test/f1_macro"]) == pytest.approx(
+        better.challenger_metrics["test/f1_macro"], abs=1e-6
+    )
+    assert (
+        "dethroned by v2" in client.get_model_version("nscfate", "1").tags["nscfate.last_challenge"]
+    )
+
+    worse = promote(
+        client, "nscfate", candidate_from_run(client, registry["weak"]), "test/f1_macro", 0.0, False
+    )
+    assert not worse.promoted and aliases(uri) == {"champion": "2", "challenger": "3"}
+    assert (
+        client.get_model_version("nscfate", "3").tags["nscfate.decision"].startswith("not promoted")
+    )
+
+    forced = cli(
+        "nscfate-promote",
+        f"run_id={registry['weak']}",
+        f"tracking.uri={uri}",
+        "--force",
+        f"hydra.run.dir={registry['tmp']}/promote",
+    )
+    assert "PROMOTED" in forced.stdout and "challenger v4" in forced.stdout
+    assert aliases(uri) == {"champion": "4", "challenger": "4"}
+    assert (
+        client.get_model_version("nscfate", "4").tags["nscfate.decision"]
+        == "promoted to champion: forced"
+    )
+
+
+def test_min_delta_keeps_the_champion(registry):
+    from nscfate.tracking.registry import candidate_from_run, promote
+
+    client = MlflowClient(registry["uri"])
+    before = aliases(registry["uri"])["champion"]
+    d = promote(
+        client, "nscfate", candidate_from_run(client, registry["good"]), "test/f1_macro", 2.0, False
+    )
+    assert not d.promoted and aliases(registry["uri"])["champion"] == before
+
+
+def test_other_split_is_refused_before_registering(registry):
+    from nscfate.tracking.registry import candidate_from_run, promote
+
+    client = MlflowClient(registry["uri"])
+    versions = len(client.search_model_versions("name='nscfate'"))
+    with pytest.raises(NscfateError, match="not comparable"):
+        promote(
+            client,
+            "nscfate",
+            candidate_from_run(client, registry["other"]),
+            "test/f1_macro",
+            0.0,
+            False,
+        )
+    assert (
+        len(client.search_model_versions("name='nscfate'")) == versions
+    )  # nothing half-registered
+
+
+def test_predict_real_crops_with_champion(registry, tmp_path, sample_pngs):
+    real = tmp_path / "real"
+    real.mkdir()
+    for p in sample_pngs:
+        (real / p.name).write_bytes(p.read_bytes())
+    cli(
+        "nscfate-predict",
+        "model=models:/nscfate@champion",
+        f"input={real}",
+        f"output={tmp_path}/pred.csv",
+        f"tracking.uri={registry['uri']}",
+        f"hydra.run.dir={tmp_path}/h",
+    )
+    rows = pd.read_csv(tmp_path / "pred.csv")
+    assert len(rows) == 6 and set(rows["fate"]) <= {"astrocyte", "oligodendrocyte", "neuron"}
+    probs = rows[["p_astrocyte", "p_oligodendrocyte", "p_neuron"]].to_numpy()
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert not (tmp_path / "pred_fractions.csv").exists()  # a flat folder has no conditions
+
+
+def test_predict_store_gives_fraction_tables(registry, tmp_path, tiny_synth):
+    run = MlflowClient(registry["uri"]).get_run(registry["good"])
+    out = cli(
+        "nscfate-predict",
+        f"model={registry['good']}",
+        f"input={tiny_synth.path}",
+        f"output={tmp_path}/p.csv",
+        f"tracking.uri={registry['uri']}",
+        f"hydra.run.dir={tmp_path}/h",
+    )
+    assert "Predicted fate fractions" in out.stdout and run.data.tags["nscfate.model_uri"]
+    fractions = pd.read_csv(tmp_path / "p_fractions.csv")
+    assert set(fractions["condition"]) == {"control", "NT3", "CNTF", "T3", "nanoparticle"}
+    assert len(fractions) == 5 * 4  # condition x day
+    fr = fractions[[c for c in fractions if c.startswith("pred_frac_")]].sum(axis=1)
+    assert np.allclose(fr, 1.0)
+    cells = pd.read_csv(tmp_path / "p.csv")
+    assert len(cells) == len(tiny_synth) and {"label", "day", "condition"} <= set(cells)
+
+
+def test_predict_mixed_sizes_and_bit_depths(registry, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(90, 120, (45, 30), dtype=np.uint8)).save(folder / "a.png")
+    Image.fromarray(rng.integers(900, 1200, (80, 70), dtype=np.uint16)).save(folder / "b.png")
+    (folder / "m.csv").write_text("path,condition\na.png,NT3\nb.png,NT3\n")
+    cli(
+        "nscfate-predict",
+        f"model={registry['good']}",
+        f"input={folder}/m.csv",
+        f"output={tmp_path}/m.csv",
+        f"tracking.uri={registry['uri']}",
+        f"hydra.run.dir={tmp_path}/h",
+    )
+    assert len(pd.read_csv(tmp_path / "m.csv")) == 2
+    assert pd.read_csv(tmp_path / "m_fractions.csv")["n_cells"].tolist() == [2]
+
+
+@pytest.mark.parametrize(
+    ("model", "make_input", "message"),
+    [
+        ("models:/no_such_model@champion", "real", "does not resolve"),
+        ("models:/nscfate@no_such_alias", "real", "does not resolve"),
+        ("0123456789abcdef0123456789abcdef", "real", "no such run"),
+        ("models:/nscfate@champion", "empty", "holds no images"),
+        ("models:/nscfate@champion", "corrupt", r"cannot read image .*bad\.png"),
+        ("models:/nscfate@champion", "rgb", "3 distinct channels"),
+    ],
+)
+def test_predict_bad_input(registry, tmp_path, sample_pngs, model, make_input, message):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    if make_input == "real":
+        (folder / "x.png").write_bytes(sample_pngs[0].read_bytes())
+    elif make_input == "corrupt":
+        (folder / "bad.png").write_bytes(b"not a png")
+    elif make_input == "rgb":
+        rgb = np.zeros((20, 20, 3), np.uint8)
+        rgb[..., 1] = 200
+        Image.fromarray(rgb).save(folder / "colour.png")
+    proc = cli(
+        "nscfate-predict",
+        f"model={model}",
+        f"input={folder}",
+        f"output={tmp_path}/out.csv",
+        f"tracking.uri={registry['uri']}",
+        f"hydra.run.dir={tmp_path}/h",
+        ok=False,
+    )
+    assert proc.returncode == 1 and re.search(message, proc.stderr), proc.stderr[-1500:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out.csv").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _readme_block(marker: str) -> str:
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    return next(b for b in blocks if marker in b)
+
+
+def test_model_server_answers_like_predict(registry, tmp_path, sample_pngs):
+    port = _free_port()
+    bindir = str(Path(sys.executable).parent)  # the scoring server starts uvicorn from PATH
+    env = dict(
+        os.environ, MLFLOW_TRACKING_URI=registry["uri"], PATH=f"{bindir}:{os.environ['PATH']}"
+    )
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            "models:/nscfate@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail("model server did not come up")
+        crops = tmp_path / "crops"
+        crops.mkdir()
+        for p in sample_pngs:
+            (crops / p.name).write_bytes(p.read_bytes())
+        # the README's own example, run as written (port and folder adjusted)
+        script = (
+            _readme_block("/invocations")
+            .replace("5001", str(port))
+            .replace("crops/*.png", f"{crops}/*.png")
+        )
+        proc = subprocess.run(
+            ["bash", "-c", script],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"),
+        )
+        assert proc.returncode == 0, proc.stderr
+        answer = json.loads(proc.stdout)["predictions"]
+        served = pd.DataFrame(answer)
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+    cli(
+        "nscfate-predict",
+        "model=models:/nscfate@champion",
+        f"input={crops}",
+        f"output={tmp_path}/pred.csv",
+        f"tracking.uri={registry['uri']}",
+        f"hydra.run.dir={tmp_path}/h",
+    )
+    local = pd.read_csv(tmp_path / "pred.csv")
+    for c in ("astrocyte", "oligodendrocyte", "neuron"):
+        assert np.allclose(served[c].to_numpy(), local[f"p_{c}"].to_numpy(), atol=1e-5)
+    assert served["fate"].tolist() == local["fate"].tolist()

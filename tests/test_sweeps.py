@@ -1,0 +1,337 @@
+"""Optuna sweeps from the command line: resume, failures, pruning, MLflow nesting, workers, bad input.
+
+Every sweep here is a real ``nscfate-train -m`` process against real storages (SQLite, journal file,
+PostgreSQL) and a real SQLite MLflow store, on a tiny synthetic dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from nscfate.search.storage import open_storage
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+pytestmark = pytest.mark.timeout(900)
+
+TINY = [
+    "data.synthetic.cells_per_group=12",
+    "data.synthetic.batches_per_group=4",
+    "data.num_workers=0",
+    "data.persistent_workers=false",
+    "data.batch_size=32",
+    "trainer.log_every_n_steps=1",
+    "~callbacks.early_stopping",
+]
+
+
+def sweep_cmd(
+    tmp: Path, data_dir: Path, study: str, storage: str, *args: str, epochs: int = 2
+) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "nscfate.cli.train",
+        "-m",
+        "search=default",
+        f"search.study={study}",
+        f"search.storage={storage}",
+        f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+        f"tracking.experiment={study}",
+        f"paths.data_dir={data_dir}",
+        f"hydra.sweep.dir={tmp}/sweep-{uuid.uuid4().hex[:6]}",
+        f"trainer.max_epochs={epochs}",
+        *TINY,
+        *args,
+    ]
+
+
+def run(cmd: list[str], ok: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if ok and proc.returncode != 0:
+        pytest.fail(f"sweep failed ({proc.returncode}): {proc.stderr[-3000:]}")
+    return proc
+
+
+def runs_of(tmp: Path, experiment: str) -> list:
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], max_results=1000) if exp else []
+
+
+def test_sweep_resumes_to_the_total_and_mirrors_in_mlflow(tmp_path, data_dir):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    space = [
+        "model=choice(small_cnn,mobilenetv3_small_100)",
+        "optimizer.lr=tag(log,interval(1e-4,1e-2))",
+    ]
+    run(sweep_cmd(tmp_path, data_dir, "resume", storage, *space, "search.n_trials=2"))
+    out = run(
+        sweep_cmd(
+            tmp_path,
+            data_dir,
+            "resume",
+            storage,
+            *space,
+            "search.n_trials=3",
+            "search.register_best=true",
+        )
+    )
+    study = optuna.load_study(study_name="resume", storage=storage)
+    assert len(study.trials) == 3 and all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert "best trial" in out.stdout and "optuna-dashboard" in out.stdout
+
+    runs = runs_of(tmp_path, "resume")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(kids) == 3  # the resumed sweep found its parent again
+    parent = parents[0]
+    assert {k.data.tags["mlflow.parentRunId"] for k in kids} == {parent.info.run_id}
+    by_run = {t.user_attrs["mlflow_run_id"]: t for t in study.trials}
+    for kid in kids:
+        trial = by_run[kid.info.run_id]
+        assert kid.data.tags["nscfate.trial_number"] == str(trial.number)
+        assert kid.data.params["trial.model"] == trial.params["model"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+    assert parent.data.tags["best.model"] == study.best_params["model"]
+    arts = {
+        a.path
+        for a in MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").list_artifacts(
+            parent.info.run_id, "plots"
+        )
+    }
+    assert "plots/optimization_history.png" in arts
+    summaries = list(tmp_path.glob("sweep-*/sweep_summary.yaml"))
+    assert len(summaries) == 2
+    # search.register_best=true: the best trial's model is now nscfate@challenger (not champion)
+    model = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_registered_model("nscfate")
+    assert {k: str(v) for k, v in model.aliases.items()} == {"challenger": "1"}
+    assert "registered as nscfate v1" in out.stdout
+    version = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_model_version("nscfate", "1")
+    assert version.tags["nscfate.source_run"] == study.best_trial.user_attrs["mlflow_run_id"]
+    listed = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "optuna"),
+            "trials",
+            "--study-name",
+            "resume",
+            "--storage",
+            storage,
+            "-f",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        listed.returncode == 0 and len(json.loads(listed.stdout)) == 3
+    )  # Optuna's own CLI reads the study
+
+
+def test_killed_sweep_resumes_without_losing_or_duplicating_trials(tmp_path, data_dir):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    space = ["optimizer.lr=choice(0.001,0.002,0.003)", "search.sampler=grid", "search.pruner=none"]
+    cmd = sweep_cmd(tmp_path, data_dir, "killed", storage, *space, "search.n_trials=3", epochs=4)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait until the second trial is running, then kill -9 the worker
+        time.sleep(1)
+        try:
+            trials = optuna.load_study(study_name="killed", storage=storage).trials
+        except KeyError:
+            continue
+        if any(t.number == 1 and t.state == TrialState.RUNNING for t in trials):
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run(cmd)
+    study = optuna.load_study(study_name="killed", storage=storage)
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["optimizer.lr"] for t in done) == [
+        0.001,
+        0.002,
+        0.003,
+    ]  # none lost, none twice
+    dead = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(dead) == 1 and "died" in dead[0].user_attrs["error"]
+    retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead[0].number]
+    assert (
+        len(retry) == 1
+        and retry[0].state == TrialState.COMPLETE
+        and retry[0].params == dead[0].params
+    )
+    assert len(study.trials) == 4  # 3 counted + the killed one, replaced by its retry
+
+
+def test_failing_trials_are_isolated_and_nan_is_a_failure(tmp_path, data_dir):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    # batch size 0 raises inside the trial; lr 1e12 sends the loss (the metric here) to NaN
+    space = [
+        "data.batch_size=choice(16,0)",
+        "optimizer=sgd",
+        "optimizer.lr=choice(0.01,1e12)",
+        "search.sampler=grid",
+        "search.pruner=none",
+        "search.metric=val/loss",
+        "search.direction=minimize",
+        "search.max_failure_rate=1.0",
+    ]
+    run(sweep_cmd(tmp_path, data_dir, "failing", storage, *space, "search.n_trials=4"))
+    study = optuna.load_study(study_name="failing", storage=storage)
+    states = {(t.params["data.batch_size"], t.params["optimizer.lr"]): t for t in study.trials}
+    assert states[(16, 0.01)].state == TrialState.COMPLETE
+    assert (
+        states[(0, 0.01)].state == TrialState.FAIL
+        and "batch_size" in states[(0, 0.01)].user_attrs["error"]
+    )
+    assert (
+        states[(16, 1e12)].state == TrialState.FAIL
+        and "not a finite number" in states[(16, 1e12)].user_attrs["error"]
+    )
+    failed_runs = [r for r in runs_of(tmp_path, "failing") if r.info.status == "FAILED"]
+    assert len(failed_runs) >= 2
+
+
+def test_sweep_stops_when_too_many_trials_fail(tmp_path, data_dir):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    proc = run(
+        sweep_cmd(
+            tmp_path,
+            data_dir,
+            "broken",
+            storage,
+            "data.batch_size=choice(0)",
+            "optimizer.lr=choice(0.01,0.02)",
+            "search.sampler=grid",
+            "search.n_trials=2",
+            "search.max_failure_rate=0.25",
+        ),
+        ok=False,
+    )
+    assert proc.returncode == 1 and "max_failure_rate" in proc.stderr
+
+
+def test_pruning_stops_a_clearly_bad_region_early(tmp_path, data_dir):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    space = [
+        "optimizer.lr=choice(0.003,1e-9)",
+        "search.sampler=random",
+        "search.n_startup_trials=2",
+        "search.n_warmup_steps=1",
+        "search.n_trials=6",
+        "data.synthetic.cells_per_group=30",
+    ]
+    run(sweep_cmd(tmp_path, data_dir, "prune", storage, *space, epochs=6))
+    study = optuna.load_study(study_name="prune", storage=storage)
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert pruned and all(t.params["optimizer.lr"] == 1e-9 for t in pruned)
+    assert all(t.user_attrs["epochs"] < 6 for t in pruned)
+    killed = {r.info.run_id: r for r in runs_of(tmp_path, "prune") if r.info.status == "KILLED"}
+    assert {t.user_attrs["mlflow_run_id"] for t in pruned} <= set(killed)
+    assert all(r.data.tags.get("optuna.state") == "PRUNED" for r in killed.values())
+
+
+def _two_workers(tmp: Path, data_dir: Path, study: str, storage: str) -> optuna.Study:
+    space = [
+        "model=choice(small_cnn,mobilenetv3_small_100)",
+        "optimizer.lr=choice(0.001,0.003)",
+        "search.sampler=grid",
+        "search.pruner=none",
+        "search.n_trials=4",
+    ]
+    procs = [
+        subprocess.Popen(
+            sweep_cmd(tmp, data_dir, study, storage, *space),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    errors = [p.communicate(timeout=900)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    return optuna.load_study(study_name=study, storage=open_storage(storage))
+
+
+def _assert_exact_grid(study: optuna.Study, tmp: Path) -> None:
+    assert len(study.trials) == 4 and all(t.state == TrialState.COMPLETE for t in study.trials)
+    combos = {(t.params["model"], t.params["optimizer.lr"]) for t in study.trials}
+    assert len(combos) == 4  # the whole grid, no duplicates
+    workers = {t.user_attrs["worker"] for t in study.trials}
+    assert len(workers) == 2  # both processes took trials
+    parents = [r for r in runs_of(tmp, study.study_name) if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # the last worker closed it
+
+
+def test_two_workers_share_a_journal_study(tmp_path, data_dir):
+    study = _two_workers(tmp_path, data_dir, "journal", f"journal://{tmp_path}/optuna.log")
+    _assert_exact_grid(study, tmp_path)
+
+
+@pytest.fixture
+def postgres_url():
+    url = os.environ.get("NSCFATE_TEST_POSTGRES")
+    if not url:
+        pytest.skip("NSCFATE_TEST_POSTGRES is not set (CI sets it)")
+    import sqlalchemy
+
+    name = f"nscfate_test_{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    yield url.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.mark.postgres
+def test_two_workers_share_a_postgres_study(tmp_path, data_dir, postgres_url):
+    study = _two_workers(tmp_path, data_dir, "pg", postgres_url)
+    _assert_exact_grid(study, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["optimizer.lrr=tag(log,interval(1e-4,1e-2))"], "Could not override 'optimizer.lrr'"),
+        (["model=choice(small_cnn,no_such_net)"], "no_such_net"),
+        (["model=choice()"], "empty choice"),
+        (["optimizer.lr=interval(0.1,0.01)"], "expected low < high"),
+        (["optimizer.lr=choice(0.1,0.2)", "search.metric=val/f2"], "not a metric nscfate logs"),
+    ],
+)
+def test_bad_sweeps_fail_before_any_trial(tmp_path, data_dir, args, message):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    proc = run(sweep_cmd(tmp_path, data_dir, "bad", storage, *args), ok=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    if Path(f"{tmp_path}/optuna.db").exists():
+        assert all(s.n_trials == 0 for s in optuna.get_all_study_summaries(storage))
+
+
+def test_unreachable_storage_fails_before_any_trial(tmp_path, data_dir):
+    storage = "postgresql+psycopg2://nobody@127.0.0.1:9/nowhere"
+    proc = run(
+        sweep_cmd(tmp_path, data_dir, "bad", storage, "optimizer.lr=choice(0.1,0.2)"), ok=False
+    )
+    assert (
+        proc.returncode == 1
+        and "search.storage=postgresql+psycopg2://nobody@127.0.0.1:9/nowhere is unreachable"
+        in proc.stderr
+    )
+    assert runs_of(tmp_path, "bad") == []

@@ -1,0 +1,177 @@
+"""A tracked run in a real SQLite MLflow store: what it logs, eval parity, the pyfunc model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from nscfate.data.schema import CLASSES
+from nscfate.errors import NscfateError
+
+from .conftest import compose_train
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory, data_dir):
+    from nscfate.tracking.run import tracked_train
+
+    tmp = tmp_path_factory.mktemp("tracked")
+    cfg = compose_train(tmp, data_dir, "trainer.max_epochs=3")
+    result = tracked_train(cfg)
+    client = MlflowClient(cfg.tracking.uri)
+    return cfg, result, client, client.get_run(result.run_id)
+
+
+def _artifacts(client, run_id, path=""):
+    out = []
+    for a in client.list_artifacts(run_id, path):
+        out += _artifacts(client, run_id, a.path) if a.is_dir else [a.path]
+    return out
+
+
+def test_run_records_params_metrics_and_artifacts(tracked):
+    cfg, result, client, run = tracked
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert (
+        len(params) >= 20
+        and params["model.name"] == "small_cnn"
+        and params["optimizer.lr"] == "0.002"
+    )
+    metrics = run.data.metrics
+    need = [
+        "train/loss",
+        "val/loss",
+        "val/acc",
+        "val/f1_macro",
+        "val/f1_macro_best",
+        "test/acc",
+        "test/f1_macro",
+        "test/auroc",
+        "test/ece",
+        "test/acc_day1",
+        "test/acc_day7",
+    ]
+    assert not [k for k in need if k not in metrics]
+    assert all(
+        f"indep/{c}/pred_frac_neuron" in metrics for c in ("NT3", "CNTF", "T3", "nanoparticle")
+    )
+    assert len(client.get_metric_history(run.info.run_id, "val/f1_macro")) == 3  # per epoch
+    assert result.objective == pytest.approx(metrics["val/f1_macro_best"])
+    arts = _artifacts(client, run.info.run_id)
+    assert {
+        "config.yaml",
+        "plots/confusion_matrix.png",
+        "plots/accuracy_by_day.png",
+        "plots/fate_fractions.png",
+        "predictions/cells.csv",
+    } <= set(arts)
+    assert any(a.startswith("checkpoints/") and a.endswith(".ckpt") for a in arts)
+    assert "mlflow.source.git.commit" in run.data.tags
+
+
+def test_dataset_and_split_digests_are_inputs(tracked):
+    cfg, result, client, run = tracked
+    inputs = {i.tags[0].value if i.tags else "": i for i in run.inputs.dataset_inputs}
+    contexts = {
+        t.value for i in run.inputs.dataset_inputs for t in i.tags if t.key == "mlflow.data.context"
+    }
+    assert contexts == {"dataset", "split"}
+    tags = run.data.tags
+    assert len(tags["nscfate.dataset_digest"]) == 64 and len(tags["nscfate.split_digest"]) == 64
+    digests = {i.dataset.digest for i in run.inputs.dataset_inputs}
+    assert {tags["nscfate.dataset_digest"][:16], tags["nscfate.split_digest"][:16]} == digests
+    assert inputs
+
+
+def test_eval_cli_reproduces_test_metrics(tracked, tmp_path):
+    cfg, result, client, run = tracked
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nscfate.cli.evaluate",
+            f"run_id={run.info.run_id}",
+            f"tracking.uri={cfg.tracking.uri}",
+            f"paths.data_dir={cfg.paths.data_dir}",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout[proc.stdout.index("{") :])
+    logged = run.data.metrics
+    test_keys = [k for k in report["metrics"] if k.startswith(("test/", "indep/"))]
+    assert len(test_keys) >= 10
+    for k in test_keys:
+        assert report["metrics"][k] == pytest.approx(logged[k], abs=1e-6), k
+    assert report["max_abs_diff_vs_run"] <= 1e-6
+
+
+def test_checkpoint_eval_and_wrong_architecture(tracked, tmp_path):
+    from omegaconf import OmegaConf
+
+    from nscfate.tracking.reevaluate import run_checkpoint
+    from nscfate.training.checkpoint_eval import evaluate_checkpoint
+
+    cfg, result, client, run = tracked
+    ckpt = run_checkpoint(client, run.info.run_id, tmp_path)
+    evaluation, run_cfg = evaluate_checkpoint(ckpt)
+    assert evaluation.metrics["test/acc"] == pytest.approx(run.data.metrics["test/acc"], abs=1e-6)
+    with pytest.raises(NscfateError, match="holds a 'small_cnn' network, not model='resnet18'"):
+        evaluate_checkpoint(ckpt, model=OmegaConf.create({"name": "resnet18"}))
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(NscfateError, match="unreadable"):
+        evaluate_checkpoint(tmp_path / "junk.ckpt")
+
+
+def test_pyfunc_takes_raw_crops_of_any_size_and_depth(tracked, sample_pngs):
+    cfg, result, client, run = tracked
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    model = mlflow.pyfunc.load_model(run.data.tags["nscfate.model_uri"])
+    assert model.metadata.signature is not None
+    real = np.stack([np.asarray(Image.open(p)) for p in sample_pngs])  # 6 x 45 x 30 uint8
+    for crops in (real, real.astype(np.uint16) * 16, real.astype(np.float32) / 255):
+        out = model.predict(crops.astype(np.float32))
+        assert list(out.columns) == [*CLASSES, "fate"] and len(out) == 6
+        assert np.allclose(out[list(CLASSES)].sum(axis=1), 1.0, atol=1e-5)
+    # per-image normalisation makes the bit depth irrelevant
+    a = model.predict(real.astype(np.float32))[list(CLASSES)].to_numpy()
+    b = model.predict(real.astype(np.float32) / 255)[list(CLASSES)].to_numpy()
+    assert np.allclose(a, b, atol=1e-5)
+
+
+def test_pyfunc_matches_training_predictions(tracked):
+    import pandas as pd
+
+    from nscfate.data.store import open_store
+
+    cfg, result, client, run = tracked
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    model = mlflow.pyfunc.load_model(run.data.tags["nscfate.model_uri"])
+    cells = pd.read_csv(client.download_artifacts(run.info.run_id, "predictions/cells.csv"))
+    store = open_store(run.data.tags["nscfate.dataset_path"])
+    rows = cells["row"].to_numpy()[:40]
+    out = model.predict(np.asarray(store.images[rows]).astype(np.float32))
+    assert np.allclose(
+        out[list(CLASSES)].to_numpy(), cells[[f"p_{c}" for c in CLASSES]].to_numpy()[:40], atol=1e-5
+    )
+
+
+def test_unreachable_or_file_tracking_uri_fails_before_any_run(tmp_path, data_dir):
+    from nscfate.tracking.run import tracked_train
+
+    with pytest.raises(NscfateError, match="tracking.uri=http://127.0.0.1:9 is unreachable"):
+        tracked_train(compose_train(tmp_path, data_dir, "tracking.uri=http://127.0.0.1:9"))
+    with pytest.raises(NscfateError, match="file store is not supported"):
+        tracked_train(compose_train(tmp_path, data_dir, f"tracking.uri=file://{tmp_path}/mlruns"))
+    assert not (tmp_path / "mlruns").exists()

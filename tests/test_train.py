@@ -1,0 +1,117 @@
+"""train(cfg): fast_dev_run for every model, the objective, DDP on two CPU processes, bad input."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+from lightning.pytorch.callbacks import Callback
+from mlflow import MlflowClient
+
+from nscfate.errors import NscfateError
+from nscfate.training.train import train
+
+from .conftest import CONF, compose_train
+
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml") if p.stem != "timm")
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_fast_dev_run_every_model(tmp_path, data_dir, model):
+    cfg = compose_train(
+        tmp_path,
+        data_dir,
+        f"model={model}",
+        "debug=fdr",
+        "data.batch_size=4",
+        "data.eval_batch_size=64",
+    )
+    metrics, objects = train(cfg)
+    assert objects["trainer"].fast_dev_run
+    assert 0.0 <= metrics["test/acc"] <= 1.0 and math.isfinite(metrics["train/loss"])
+    assert {"test/f1_macro", "test/auroc", "test/ece", "test/acc_day1"} <= set(metrics)
+
+
+def test_train_learns_and_reports_every_metric(tmp_path, data_dir):
+    cfg = compose_train(
+        tmp_path, data_dir, "trainer.max_epochs=6", "data.synthetic.cells_per_group=40"
+    )
+    metrics, objects = train(cfg)
+    assert metrics["val/f1_macro_best"] >= metrics["val/f1_macro"] - 1e-9
+    assert metrics["test/acc"] > 0.5  # chance is 1/3; the synthetic data is learnable
+    days = {k for k in metrics if k.startswith("test/acc_day")}
+    assert days == {"test/acc_day1", "test/acc_day3", "test/acc_day5", "test/acc_day7"}
+    for cond in ("NT3", "CNTF", "T3", "nanoparticle"):
+        pred = [
+            metrics[f"indep/{cond}/pred_frac_{c}"]
+            for c in ("astrocyte", "oligodendrocyte", "neuron")
+        ]
+        assert sum(pred) == pytest.approx(1.0)
+        assert metrics[f"indep/{cond}/true_frac_neuron"] >= 0
+    assert objects["best_checkpoint"].endswith(".ckpt")
+
+
+def test_objective_must_be_a_logged_metric(tmp_path, data_dir):
+    cfg = compose_train(tmp_path, data_dir, "objective=val/f1")
+    with pytest.raises(NscfateError, match="objective='val/f1' is not a metric nscfate logs"):
+        train(cfg)
+    for ok in ("val/acc", "test/acc_day1", "indep/NT3/pred_frac_neuron"):
+        from nscfate.training.train import check_objective
+
+        check_objective(ok)
+
+
+def test_unknown_model_and_missing_store_fail_before_training(tmp_path, data_dir):
+    with pytest.raises(NscfateError, match="did you mean resnet18"):
+        train(compose_train(tmp_path, data_dir, "model=timm", "model.name=resnt18"))
+    with pytest.raises(NscfateError, match="dataset store .*nope does not exist"):
+        train(compose_train(tmp_path, data_dir, "data=folder", f"data.path={tmp_path}/nope"))
+
+
+class _Explode(Callback):
+    def on_train_epoch_end(self, trainer, pl_module):
+        raise RuntimeError("disk on fire")
+
+
+def test_failing_run_ends_failed_in_mlflow(tmp_path, data_dir):
+    from nscfate.tracking.run import tracked_train
+
+    cfg = compose_train(tmp_path, data_dir)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        tracked_train(cfg, callbacks=[_Explode()])
+    client = MlflowClient(cfg.tracking.uri)
+    runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+@pytest.mark.timeout(600)
+def test_ddp_two_cpu_processes_log_once(tmp_path, data_dir):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cmd = [
+        sys.executable,
+        "-m",
+        "nscfate.cli.train",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        "trainer.max_epochs=2",
+        f"tracking.uri={uri}",
+        "tracking.experiment=ddp",
+        f"paths.data_dir={data_dir}",
+        "data.synthetic.cells_per_group=12",
+        "data.synthetic.batches_per_group=4",
+        "data.num_workers=0",
+        "data.persistent_workers=false",
+        "data.batch_size=16",
+        f"hydra.run.dir={tmp_path}/run",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stdout + proc.stderr
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # rank 1 trained but never logged
+    assert runs[0].data.params["trainer.devices"] == "2" and "test/acc" in runs[0].data.metrics
