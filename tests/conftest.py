@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,20 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO.parent / "shared" / "samples" / "zhu2021"
 CONF = REPO / "conf"
+#: Where this environment's console scripts (nscfate-*, mlflow, optuna) live.
+BIN = Path(sys.executable).parent
+
+
+def console_script(name: str) -> str:
+    """Absolute path of an installed console script, e.g. ``nscfate-predict`` or ``mlflow``."""
+    return str(BIN / name)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

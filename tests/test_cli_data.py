@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-CLI = str(Path(sys.executable).parent / "nscfate-data")
+from .conftest import console_script
+
+CLI = console_script("nscfate-data")
 
 
 def run(*args: str | Path, ok: bool = True) -> subprocess.CompletedProcess:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from PIL import Image
 
 from nscfate.errors import NscfateError
 
-from .conftest import REPO, compose_train
+from .conftest import REPO, compose_train, console_script, free_port
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -55,7 +54,7 @@ def registry(tmp_path_factory, data_dir):
 def cli(
     name: str, *args: str, ok: bool = True, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    exe = str(Path(sys.executable).parent / name)
+    exe = console_script(name)
     proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=600, env=env)
     if ok and proc.returncode != 0:
         pytest.fail(f"{name} {' '.join(args)} failed: {proc.stderr[-3000:]}")
@@ -241,12 +240,6 @@ def test_predict_bad_input(registry, tmp_path, sample_pngs, model, make_input, m
     assert "Traceback" not in proc.stderr and not (tmp_path / "out.csv").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _readme_block(marker: str) -> str:
     text = (REPO / "README.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
@@ -254,14 +247,14 @@ def _readme_block(marker: str) -> str:
 
 
 def test_model_server_answers_like_predict(registry, tmp_path, sample_pngs):
-    port = _free_port()
+    port = free_port()
     bindir = str(Path(sys.executable).parent)  # the scoring server starts uvicorn from PATH
     env = dict(
         os.environ, MLFLOW_TRACKING_URI=registry["uri"], PATH=f"{bindir}:{os.environ['PATH']}"
     )
     server = subprocess.Popen(
         [
-            str(Path(sys.executable).parent / "mlflow"),
+            console_script("mlflow"),
             "models",
             "serve",
             "-m",

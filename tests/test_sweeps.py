@@ -22,6 +22,8 @@ from optuna.trial import TrialState
 
 from nscfate.search.storage import open_storage
 
+from .conftest import console_script
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.timeout(900)
 
@@ -123,7 +125,7 @@ def test_sweep_resumes_to_the_total_and_mirrors_in_mlflow(tmp_path, data_dir):
     assert version.tags["nscfate.source_run"] == study.best_trial.user_attrs["mlflow_run_id"]
     listed = subprocess.run(
         [
-            str(Path(sys.executable).parent / "optuna"),
+            console_script("optuna"),
             "trials",
             "--study-name",
             "resume",

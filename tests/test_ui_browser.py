@@ -20,9 +20,7 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -34,11 +32,10 @@ from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from .conftest import REPO
+from .conftest import BIN, REPO, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts"
-BIN = Path(sys.executable).parent
 EXPERIMENT, STUDY, MODEL = "ui-check", "ui-study", "nscfate"
 TRIALS = ("trial-0", "trial-1")
 #: Two trials of seconds each: one parent run per study, the trials nested under it.
@@ -107,12 +104,6 @@ def _sweep_and_promote(tmp: Path, data_dir: Path) -> str:
     return uri
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _stop(proc: subprocess.Popen) -> None:
     """Stop the server's whole process group (it starts job consumers), politely, then not."""
     try:
@@ -133,7 +124,7 @@ def _stop(proc: subprocess.Popen) -> None:
 @contextmanager
 def mlflow_ui(uri: str, log: Path) -> Iterator[str]:
     """The real `mlflow ui` as `make ui` starts it (one worker, a free port); yields its URL."""
-    port = _free_port()
+    port = free_port()
     cmd = [str(BIN / "mlflow"), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1"]
     with log.open("w") as out:
         proc = subprocess.Popen(
