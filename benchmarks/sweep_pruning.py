@@ -1,6 +1,6 @@
 """What median pruning saves: the same 12-trial sweep over model and learning rate, with and without.
 
-    python benchmarks/sweep_pruning.py [--trials 12] [--epochs 8] [--out benchmarks/results]
+    python benchmarks/sweep_pruning.py [--trials 12] [--epochs 8] [--batch-size 32] [--startup 3]
 
 Runs two real ``nscfate-train -m`` sweeps on the default synthetic data (same sampler seed, separate
 storages and MLflow stores under a temporary folder), then prints the epochs each trained, the saving,
@@ -61,13 +61,22 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=12)
     p.add_argument("--epochs", type=int, default=8)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="32 gives ~26 steps per epoch on the default data",
+    )
+    p.add_argument(
+        "--startup", type=int, default=3, help="trials before the median pruner may prune"
+    )
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args()
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        median = sweep(tmp, "median", args.trials, args.epochs)
-        none = sweep(tmp, "none", args.trials, args.epochs)
+        median = sweep(tmp, "median", args)
+        none = sweep(tmp, "none", args)
     saving = 1 - median["epochs_trained"] / none["epochs_trained"]
     gap = none["best"]["value"] - median["best"]["value"]
     result = {

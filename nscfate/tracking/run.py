@@ -92,7 +92,7 @@ def tracked_train(
             mlflow.set_tag("nscfate.interrupted", type(stop).__name__)
             mlflow.end_run("KILLED")
             raise
-        log_results(cfg, metrics, objects)
+        metrics |= log_results(cfg, metrics, objects)
     if cfg.objective not in metrics:
         raise NscfateError(
             f"objective={cfg.objective} was never logged by run {run_id} (no complete training epoch?)"
@@ -144,8 +144,13 @@ def git_tags() -> dict[str, str]:
     }
 
 
-def log_results(cfg: DictConfig, metrics: dict[str, float], objects: dict[str, Any]) -> None:
-    """Final metrics, dataset inputs, plots, predictions, checkpoint and the pyfunc model."""
+def log_results(
+    cfg: DictConfig, metrics: dict[str, float], objects: dict[str, Any]
+) -> dict[str, float]:
+    """Final metrics, dataset inputs, plots, predictions, checkpoint and the pyfunc model.
+
+    Returns the metrics computed here (the latent oracle's, on synthetic data).
+    """
     datamodule, evaluation = objects["datamodule"], objects["evaluation"]
     # fit metrics already went in per epoch through the Lightning logger
     mlflow.log_metrics(
@@ -154,7 +159,6 @@ def log_results(cfg: DictConfig, metrics: dict[str, float], objects: dict[str, A
     log_dataset_inputs(datamodule)
     oracle_metrics = _oracle_scores(datamodule)
     mlflow.log_metrics(oracle_metrics)
-    metrics |= oracle_metrics
     oracle = {
         float(k.removeprefix("oracle/acc_day")): v
         for k, v in oracle_metrics.items()
@@ -162,6 +166,7 @@ def log_results(cfg: DictConfig, metrics: dict[str, float], objects: dict[str, A
     }
     for fig, name in _figures(evaluation, oracle):
         mlflow.log_figure(fig, f"plots/{name}.png")
+        plots.close(fig)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         evaluation.cells.to_csv(tmp / "cells.csv", index=False)
@@ -176,6 +181,7 @@ def log_results(cfg: DictConfig, metrics: dict[str, float], objects: dict[str, A
         if cfg.tracking.get("log_model", True):
             info = _log_model(cfg, objects, tmp / "model")
             mlflow.set_tag("nscfate.model_uri", info.model_uri)
+    return oracle_metrics
 
 
 def log_dataset_inputs(datamodule: Any) -> None:

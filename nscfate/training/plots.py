@@ -83,3 +83,8 @@ def fate_fraction_figure(fractions: pd.DataFrame) -> Figure:
     fig.suptitle("fate fractions by condition")
     fig.tight_layout()
     return fig
+
+
+def close(fig: Figure) -> None:
+    """Release a figure once it has been saved or logged."""
+    plt.close(fig)
