@@ -18,6 +18,7 @@ from nscfate.data.schema import CLASSES, canonical_label
 from nscfate.data.store import open_store
 from nscfate.errors import NscfateError
 from nscfate.tracking.pyfunc import FateModel
+from nscfate.training.evaluate import fate_fractions
 
 PROB_PREFIX = "p_"
 
@@ -125,19 +126,18 @@ def predict_cells(
 
 
 def fate_fraction_table(predictions: pd.DataFrame) -> pd.DataFrame | None:
-    """Predicted fate fractions per condition (and day, when known); None without a condition column."""
+    """Predicted (and, with labels, true) fate fractions per condition (and day, when known).
+
+    None when the input had no condition column.
+    """
     if "condition" not in predictions:
         return None
-    keys = ["condition"] + (
-        ["day"] if "day" in predictions and predictions["day"].notna().any() else []
-    )
-    rows = []
-    for key, group in predictions.groupby(keys, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
-        row = dict(zip(keys, key, strict=True)) | {"n_cells": len(group)}
-        row |= {f"pred_frac_{c}": float((group["fate"] == c).mean()) for c in CLASSES}
-        rows.append(row)
-    return pd.DataFrame(rows)
+    cells = predictions.rename(columns={"fate": "predicted"})
+    if "label" not in cells:
+        cells["label"] = ""
+    by_day = "day" in cells and cells["day"].notna().any()
+    table = fate_fractions(cells, by=("condition", "day") if by_day else ("condition",))
+    return table.dropna(axis=1, how="all")  # no true_frac_* columns without labels
 
 
 def write_csv(table: pd.DataFrame, out: Path) -> None:
