@@ -1,6 +1,6 @@
 """What median pruning saves: the same 12-trial sweep over model and learning rate, with and without.
 
-    python benchmarks/sweep_pruning.py [--trials 12] [--epochs 8] [--batch-size 32] [--startup 3]
+    python benchmarks/sweep_pruning.py [--trials 12] [--epochs 8] [--batch-size 32] [--startup 3] [--warmup 1]
 
 Runs two real ``nscfate-train -m`` sweeps on the default synthetic data (same sampler seed, separate
 storages and MLflow stores under a temporary folder), then prints the epochs each trained, the saving,
@@ -26,8 +26,9 @@ SPACE = [
 ]
 
 
-def sweep(tmp: Path, pruner: str, trials: int, epochs: int) -> dict:
+def sweep(tmp: Path, pruner: str, args: argparse.Namespace) -> dict:
     """Run one sweep and return its summary (plus wall time)."""
+    trials, epochs = args.trials, args.epochs
     cmd = [
         sys.executable,
         "-m",
@@ -35,6 +36,9 @@ def sweep(tmp: Path, pruner: str, trials: int, epochs: int) -> dict:
         "-m",
         "search=default",
         *SPACE,
+        f"data.batch_size={args.batch_size}",
+        f"search.n_startup_trials={args.startup}",
+        f"search.n_warmup_steps={args.warmup}",
         f"search.pruner={pruner}",
         f"search.n_trials={trials}",
         f"search.study=bench-{pruner}",
@@ -70,6 +74,9 @@ def main() -> None:
     p.add_argument(
         "--startup", type=int, default=3, help="trials before the median pruner may prune"
     )
+    p.add_argument(
+        "--warmup", type=int, default=1, help="epochs every trial gets before it can be pruned"
+    )
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args()
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -82,6 +89,9 @@ def main() -> None:
     result = {
         "trials": args.trials,
         "max_epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "n_startup_trials": args.startup,
+        "n_warmup_steps": args.warmup,
         "space": SPACE,
         "median": {k: median[k] for k in ("epochs_trained", "trials", "wall_seconds")}
         | {"best": median["best"]},

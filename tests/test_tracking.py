@@ -175,3 +175,30 @@ def test_unreachable_or_file_tracking_uri_fails_before_any_run(tmp_path, data_di
     with pytest.raises(NscfateError, match="file store is not supported"):
         tracked_train(compose_train(tmp_path, data_dir, f"tracking.uri=file://{tmp_path}/mlruns"))
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_dataset_input_survives_a_concurrent_insert(monkeypatch):
+    """Two sweep workers logging one dataset collide on MLflow's unique key; the retry recovers."""
+    from mlflow.exceptions import MlflowException
+
+    from nscfate.tracking import run as run_module
+
+    calls = []
+
+    def flaky(dataset, context, tags):
+        calls.append(context)
+        if len(calls) == 1:
+            raise MlflowException(
+                "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.digest"
+            )
+
+    monkeypatch.setattr(run_module.mlflow, "log_input", flaky)
+    run_module._log_input(object(), "dataset", {})
+    assert calls == ["dataset", "dataset"]
+    monkeypatch.setattr(
+        run_module.mlflow,
+        "log_input",
+        lambda *a, **k: (_ for _ in ()).throw(MlflowException("boom")),
+    )
+    with pytest.raises(MlflowException, match="boom"):
+        run_module._log_input(object(), "dataset", {})

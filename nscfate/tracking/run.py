@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,12 +189,12 @@ def log_dataset_inputs(datamodule: Any) -> None:
     """Dataset and split digests as MLflow dataset inputs (and tags, which are searchable)."""
     store = datamodule.store
     source = _StoreSource(str(store.path))
-    mlflow.log_input(
+    _log_input(
         MetaDataset(source, name=store.path.name, digest=store.digest[:16]),
         context="dataset",
         tags={"digest": store.digest},
     )
-    mlflow.log_input(
+    _log_input(
         MetaDataset(source, name=f"{store.path.name}-split", digest=datamodule.split_digest[:16]),
         context="split",
         tags={"split_digest": datamodule.split_digest},
@@ -205,6 +206,20 @@ def log_dataset_inputs(datamodule: Any) -> None:
             "nscfate.dataset_path": str(store.path),
         }
     )
+
+
+def _log_input(dataset: MetaDataset, context: str, tags: dict[str, str], attempts: int = 5) -> None:
+    """``mlflow.log_input``, retried: MLflow's SQL store checks-then-inserts the dataset row, so two
+    workers logging the same dataset at once can collide on its unique key; the retry finds the row."""
+    for attempt in range(attempts):
+        try:
+            mlflow.log_input(dataset, context=context, tags=tags)
+            return
+        except mlflow.exceptions.MlflowException as err:
+            collided = "unique" in str(err).lower()
+            if not collided or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 class _StoreSource(DatasetSource):
