@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from nscfate.errors import NscfateError
 from nscfate.training.evaluate import Evaluation, evaluate
 from nscfate.training.module import FateClassifier
+from nscfate.training.train import build
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -42,7 +42,7 @@ def evaluate_checkpoint(
         raise NscfateError(
             f"checkpoint {path} holds a {run_cfg.model.name!r} network, not model={model.get('name')!r}"
         )
-    net = instantiate(run_cfg.model)
+    net = build(run_cfg.model)
     module = FateClassifier(net=net, optimizer=torch.optim.SGD)
     try:
         module.load_state_dict(ckpt["state_dict"])
@@ -51,7 +51,7 @@ def evaluate_checkpoint(
         raise NscfateError(
             f"checkpoint {path} does not fit model {run_cfg.model.name!r}: {first}"
         ) from err
-    datamodule = instantiate(data if data is not None else run_cfg.data)
+    datamodule = build(data if data is not None else run_cfg.data)
     datamodule.prepare_data()
     datamodule.setup("test")
     return evaluate(module, datamodule), run_cfg

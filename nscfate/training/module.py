@@ -107,11 +107,6 @@ class FateClassifier(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nscfate_config"] = self.run_config
 
-    def predict_step(
-        self, batch: dict[str, torch.Tensor], batch_idx: int
-    ) -> dict[str, torch.Tensor]:
-        return {"probs": self(batch["image"]).float().softmax(dim=1), "row": batch["row"]}
-
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(params=self.parameters())
         if self.scheduler_factory is None:
