@@ -1,6 +1,6 @@
 """What median pruning saves: the same 12-trial sweep over model and learning rate, with and without.
 
-    python benchmarks/sweep_pruning.py [--trials 12] [--epochs 8] [--batch-size 32] [--startup 3] [--warmup 1]
+    python benchmarks/sweep_pruning.py [--trials 12] [--epochs 12] [--batch-size 32] [--startup 3] [--warmup 0]
 
 Runs two real ``nscfate-train -m`` sweeps on the default synthetic data (same sampler seed, separate
 storages and MLflow stores under a temporary folder), then prints the epochs each trained, the saving,
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+KEPT = ("epochs_trained", "trials", "wall_seconds", "best", "per_trial")
 SPACE = [
     "model=choice(small_cnn,mobilenetv3_small_100,resnet18)",
     "optimizer.lr=tag(log,interval(1e-5,3e-2))",
@@ -58,13 +59,31 @@ def sweep(tmp: Path, pruner: str, args: argparse.Namespace) -> dict:
         sys.exit(f"sweep with pruner={pruner} failed:\n{proc.stderr[-3000:]}")
     summary = yaml.safe_load((tmp / f"sweep-{pruner}" / "sweep_summary.yaml").read_text())
     summary["wall_seconds"] = round(time.time() - start, 1)
+    summary["per_trial"] = per_trial(f"bench-{pruner}", f"sqlite:///{tmp}/optuna-{pruner}.db")
     return summary
+
+
+def per_trial(study: str, storage: str) -> list[dict]:
+    """Each trial's parameters, final state, epochs trained and objective, read back from the storage."""
+    import optuna
+
+    trials = optuna.load_study(study_name=study, storage=storage).trials
+    return [
+        {
+            "number": t.number,
+            "params": t.params,
+            "state": t.state.name,
+            "epochs": t.user_attrs.get("epochs"),
+            "value": None if t.value is None else round(t.value, 4),
+        }
+        for t in trials
+    ]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=12)
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=12, help="the trainer's default max_epochs")
     p.add_argument(
         "--batch-size",
         type=int,
@@ -75,7 +94,7 @@ def main() -> None:
         "--startup", type=int, default=3, help="trials before the median pruner may prune"
     )
     p.add_argument(
-        "--warmup", type=int, default=1, help="epochs every trial gets before it can be pruned"
+        "--warmup", type=int, default=0, help="epochs every trial gets before it can be pruned"
     )
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args()
@@ -93,13 +112,21 @@ def main() -> None:
         "n_startup_trials": args.startup,
         "n_warmup_steps": args.warmup,
         "space": SPACE,
-        "median": {k: median[k] for k in ("epochs_trained", "trials", "wall_seconds")}
-        | {"best": median["best"]},
-        "none": {k: none[k] for k in ("epochs_trained", "trials", "wall_seconds")}
-        | {"best": none["best"]},
+        "median": {k: median[k] for k in KEPT},
+        "none": {k: none[k] for k in KEPT},
         "epoch_saving": round(saving, 3),
         "best_gap": round(gap, 4),
     }
+    for name, run in (("median", median), ("none", none)):
+        print(f"pruner={name}:")
+        for t in run["per_trial"]:
+            params = ", ".join(
+                f"{k}={v:.2e}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in t["params"].items()
+            )
+            print(
+                f"  trial {t['number']:2d} {t['state']:8s} {t['epochs']!s:>3} epochs  value {t['value']}  {params}"
+            )
     print(
         f"epochs trained: median pruner {median['epochs_trained']}, no pruner {none['epochs_trained']} "
         f"-> {saving:.0%} fewer (goal >= 40%)"
@@ -110,7 +137,8 @@ def main() -> None:
     )
     print(f"wall time: median {median['wall_seconds']} s, none {none['wall_seconds']} s")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sweep_pruning.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = f"sweep_pruning_epochs{args.epochs}_batch{args.batch_size}_startup{args.startup}_warmup{args.warmup}"
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
 
 
