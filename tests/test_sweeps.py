@@ -20,7 +20,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from nscfate.search.storage import open_storage
+from nscfate.search.storage import claim, open_storage, recover_dead_trials
 
 from .conftest import console_script
 
@@ -178,6 +178,24 @@ def test_killed_sweep_resumes_without_losing_or_duplicating_trials(tmp_path, dat
         and retry[0].params == dead[0].params
     )
     assert len(study.trials) == 4  # 3 counted + the killed one, replaced by its retry
+
+
+def test_recovery_retries_a_trial_whose_worker_died_before_claiming_it(tmp_path):
+    study = optuna.create_study(
+        study_name="orphan", storage=open_storage(f"sqlite:///{tmp_path}/o.db")
+    )
+    space = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    orphan = study.ask(space)  # its worker was killed between ask and claim
+    live = study.ask(space)
+    claim(live)  # claimed by this process, which is alive
+    assert recover_dead_trials(study, locked=False) == []  # without a lock it may still be starting
+    assert recover_dead_trials(study, locked=True) == [orphan.number]
+    trials = study.trials
+    assert trials[orphan.number].state == TrialState.FAIL
+    assert "died" in trials[orphan.number].user_attrs["error"]
+    assert trials[live.number].state == TrialState.RUNNING
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(waiting) == 1 and waiting[0].params == orphan.params
 
 
 def test_failing_trials_are_isolated_and_nan_is_a_failure(tmp_path, data_dir):

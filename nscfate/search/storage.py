@@ -81,14 +81,12 @@ def open_storage(url: str) -> BaseStorage:
 
 @contextmanager
 def storage_lock(url: str, study_name: str) -> Iterator[None]:
-    """Hold a lock shared by every worker of ``study_name`` on this storage."""
+    """Hold a lock shared by every worker of ``study_name`` on this storage (see ``has_lock``)."""
     if url.startswith("postgresql"):
         with _advisory_lock(url, study_name):
             yield
         return
-    path = journal_path(url) or (
-        Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
-    )
+    path = _lock_path(url)
     if (
         path is None
     ):  # MySQL and others: no cross-process lock; counts may overshoot by a trial per worker
@@ -102,6 +100,17 @@ def storage_lock(url: str, study_name: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def has_lock(url: str) -> bool:
+    """Whether ``storage_lock`` really excludes other workers on this storage."""
+    return url.startswith("postgresql") or _lock_path(url) is not None
+
+
+def _lock_path(url: str) -> Path | None:
+    if (path := journal_path(url)) is not None:
+        return path
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
 
 
 @contextmanager
@@ -135,6 +144,11 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def claim(trial: optuna.Trial) -> None:
+    """Mark ``trial`` as run by this worker; call it under ``storage_lock`` right after ``ask``."""
+    trial.set_user_attr("worker", worker_id())
+
+
 def replaced_numbers(trials: list[FrozenTrial]) -> set[int]:
     """Numbers of failed trials that were re-queued (their retries stand in for them)."""
     out: set[int] = set()
@@ -155,24 +169,36 @@ def counted_trials(study: optuna.Study) -> int:
     )
 
 
-def recover_dead_trials(study: optuna.Study) -> list[int]:
+def recover_dead_trials(study: optuna.Study, locked: bool) -> list[int]:
     """Fail and re-queue RUNNING trials whose worker is gone (heartbeat stale, or a dead local pid).
 
+    ``locked``: the caller holds ``storage_lock`` and workers ``claim`` trials under it, so a RUNNING
+    trial nobody claimed belongs to a worker killed between ``ask`` and ``claim``.
     Returns the numbers of the trials that were recovered.
     """
     storage = study._storage
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     optuna.storages.fail_stale_trials(study)  # RDB heartbeats: any host
-    host = socket.gethostname()
     retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         who = str(t.user_attrs.get("worker", ""))
-        if who.rpartition(":")[0] == host and not _alive(int(who.rpartition(":")[2])):
-            storage.set_trial_user_attr(t._trial_id, "error", f"worker {who} died")
-            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            retry(study, storage.get_trial(t._trial_id))
+        if who and _died_here(who):
+            error = f"worker {who} died"
+        elif not who and locked:
+            error = "its worker died between asking for it and starting it"
+        else:
+            continue
+        storage.set_trial_user_attr(t._trial_id, "error", error)
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        retry(study, storage.get_trial(t._trial_id))
     still = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     return sorted(before - still)
+
+
+def _died_here(who: str) -> bool:
+    """Whether ``who`` (host:pid) is a worker on this host that no longer runs."""
+    host, _, pid = who.rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
 
 
 def _alive(pid: int) -> bool:

@@ -29,7 +29,9 @@ from nscfate.search import trial as trials
 from nscfate.search.mirror import find_or_create_parent, finish_parent, study_summary
 from nscfate.search.space import SearchSpace, parse_space
 from nscfate.search.storage import (
+    claim,
     counted_trials,
+    has_lock,
     recover_dead_trials,
     replaced_numbers,
     storage_lock,
@@ -75,7 +77,7 @@ class OptunaSweeper:
                 self.config.tracking.get("artifact_location"),
             )
             client = MlflowClient(self.config.tracking.uri)
-            recovered = recover_dead_trials(study)
+            recovered = recover_dead_trials(study, locked=has_lock(search.storage))
             parent = find_or_create_parent(client, experiment_id, study, search.storage)
         if recovered:
             log.warning("re-queued trials %s left running by a dead worker", recovered)
@@ -134,7 +136,9 @@ class OptunaSweeper:
                 ):
                     log.info("the grid is exhausted before search.n_trials=%d", search.n_trials)
                     return
+                # Claimed under the lock, so recovery never mistakes a starting trial for a dead one.
                 trial = study.ask(space.distributions)
+                claim(trial)
             outcome = self._launch(trial, study, space, search, parent)
             self._tell(study, trial, outcome, search.metric)
             self._check_failures(study, search)

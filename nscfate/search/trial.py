@@ -20,7 +20,6 @@ from optuna_integration import PyTorchLightningPruningCallback
 
 from nscfate.errors import user_error_in
 from nscfate.search.mirror import child_tags
-from nscfate.search.storage import worker_id
 from nscfate.tracking.run import tracked_train
 from nscfate.training.module import FIT_METRICS
 
@@ -77,7 +76,6 @@ class EpochCounter(Callback):
 def run_trial(cfg: DictConfig, ctx: TrialContext) -> TrialOutcome:
     """Train and track one trial; never raises for a failing trial (the sweep goes on)."""
     trial = ctx.trial
-    trial.set_user_attr("worker", worker_id())
     callbacks: list[Callback] = [EpochCounter(trial)]
     if ctx.prune:
         monitor = ctx.metric if ctx.metric in FIT_METRICS else "val/f1_macro"
