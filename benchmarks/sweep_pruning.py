@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import optuna
 import yaml
 
 KEPT = ("epochs_trained", "trials", "wall_seconds", "best", "per_trial")
@@ -65,8 +66,6 @@ def sweep(tmp: Path, pruner: str, args: argparse.Namespace) -> dict:
 
 def per_trial(study: str, storage: str) -> list[dict]:
     """Each trial's parameters, final state, epochs trained and objective, read back from the storage."""
-    import optuna
-
     trials = optuna.load_study(study_name=study, storage=storage).trials
     return [
         {

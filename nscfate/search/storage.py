@@ -87,9 +87,8 @@ def storage_lock(url: str, study_name: str) -> Iterator[None]:
             yield
         return
     path = _lock_path(url)
-    if (
-        path is None
-    ):  # MySQL and others: no cross-process lock; counts may overshoot by a trial per worker
+    if path is None:
+        # MySQL and others: no cross-process lock; counts may overshoot by a trial per worker.
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
