@@ -8,7 +8,6 @@ batch) can be joined back to predictions.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from nscfate.data.splits import (
 )
 from nscfate.data.store import DatasetStore, open_store
 from nscfate.errors import NscfateError
+from nscfate.files import atomic_write
 
 log = logging.getLogger(__name__)
 #: How many training crops ``data.normalize=dataset`` reads to estimate its mean and std.
@@ -189,10 +189,9 @@ class CellDataModule(L.LightningDataModule):
         if target.exists():
             return
         try:
-            target.parent.mkdir(exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            pd.DataFrame({"source": index["source"], "split": self.split}).to_csv(tmp, index=False)
-            os.replace(tmp, target)
+            with atomic_write(target) as tmp:
+                table = pd.DataFrame({"source": index["source"], "split": self.split})
+                table.to_csv(tmp, index=False)
         except OSError as err:  # a read-only store still trains; the digest is what matters
             log.warning("could not save the split next to the store: %s", err)
 

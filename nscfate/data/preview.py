@@ -11,6 +11,7 @@ import pandas as pd
 
 from nscfate.data.schema import CLASSES, CONTROL
 from nscfate.data.store import DatasetStore
+from nscfate.files import atomic_write
 
 
 def _day_key(day: float) -> str:
@@ -91,12 +92,9 @@ def contact_sheet(
     )
     fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out)
+        with atomic_write(out) as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return out

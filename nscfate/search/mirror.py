@@ -12,7 +12,7 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from nscfate.search.storage import replaced_numbers
+from nscfate.search.storage import standing_trials
 
 ROLE, STUDY = "nscfate.role", "nscfate.study"
 
@@ -65,22 +65,22 @@ def child_tags(parent_run_id: str, study: optuna.Study, trial: optuna.Trial) -> 
 
 def study_summary(study: optuna.Study) -> dict:
     """Best trial, its parameters and MLflow run, and the trial counts by state."""
-    trials = study.get_trials(deepcopy=False)
-    replaced = replaced_numbers(trials)
+    trials = standing_trials(study)
     counts = {
         s.name.lower(): 0
         for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
     }
     for t in trials:
-        if t.state == TrialState.FAIL and t.number in replaced:
-            continue
         if t.state.name.lower() in counts:
             counts[t.state.name.lower()] += 1
     summary: dict = {
         "study": study.study_name,
         "direction": study.direction.name.lower(),
         "trials": counts,
-        "epochs_trained": int(sum(t.user_attrs.get("epochs", 0) for t in trials)),
+        # every epoch spent, a dead worker's included
+        "epochs_trained": int(
+            sum(t.user_attrs.get("epochs", 0) for t in study.get_trials(deepcopy=False))
+        ),
     }
     done = [
         t

@@ -148,24 +148,16 @@ def claim(trial: optuna.Trial) -> None:
     trial.set_user_attr("worker", worker_id())
 
 
-def replaced_numbers(trials: list[FrozenTrial]) -> set[int]:
-    """Numbers of failed trials that were re-queued (their retries stand in for them)."""
-    out: set[int] = set()
-    for t in trials:
-        out.update(t.system_attrs.get("retry_history", []))
-    return out
+def standing_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The study's trials minus failed ones that were re-queued (their retries stand in for them)."""
+    trials = study.get_trials(deepcopy=False)
+    replaced = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return [t for t in trials if not (t.state == TrialState.FAIL and t.number in replaced)]
 
 
 def counted_trials(study: optuna.Study) -> int:
-    """Trials that count toward ``n_trials``: all but waiting ones and failed ones that were retried."""
-    trials = study.get_trials(deepcopy=False)
-    replaced = replaced_numbers(trials)
-    return sum(
-        1
-        for t in trials
-        if t.state != TrialState.WAITING
-        and not (t.state == TrialState.FAIL and t.number in replaced)
-    )
+    """Trials that count toward ``n_trials``: standing trials that are not still waiting."""
+    return sum(1 for t in standing_trials(study) if t.state != TrialState.WAITING)
 
 
 def recover_dead_trials(study: optuna.Study, locked: bool) -> list[int]:

@@ -25,6 +25,7 @@ from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
 from nscfate.errors import NscfateError
+from nscfate.files import atomic_write
 from nscfate.search import trial as trials
 from nscfate.search.mirror import find_or_create_parent, finish_parent, study_summary
 from nscfate.search.space import SearchSpace, parse_space
@@ -33,7 +34,7 @@ from nscfate.search.storage import (
     counted_trials,
     has_lock,
     recover_dead_trials,
-    replaced_numbers,
+    standing_trials,
     storage_lock,
 )
 from nscfate.search.study import ExhaustibleGridSampler, load_study, study_name
@@ -180,9 +181,8 @@ class OptunaSweeper:
 
     @staticmethod
     def _check_failures(study: optuna.Study, search: DictConfig) -> None:
-        all_trials = study.get_trials(deepcopy=False)
-        replaced = replaced_numbers(all_trials)  # a dead worker's trial is retried, not a failure
-        finished = [t for t in all_trials if t.state.is_finished() and t.number not in replaced]
+        # A dead worker's trial is retried, not a failure.
+        finished = [t for t in standing_trials(study) if t.state.is_finished()]
         failed = [t for t in finished if t.state == TrialState.FAIL]
         if (
             finished
@@ -226,13 +226,13 @@ class OptunaSweeper:
             }
         finish_parent(client, parent, study, summary, complete)
         out = Path(self.config.hydra.sweep.dir) / SUMMARY_FILE
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(yaml.safe_dump(summary, sort_keys=False))
-        print_summary(summary, out)
+        with atomic_write(out) as tmp:
+            tmp.write_text(yaml.safe_dump(summary, sort_keys=False))
+        print_sweep_summary(summary, out)
         return summary
 
 
-def print_summary(summary: dict, path: Path) -> None:
+def print_sweep_summary(summary: dict, path: Path) -> None:
     """The sweep's outcome on the terminal."""
     from rich.console import Console
 

@@ -74,7 +74,10 @@ class EpochCounter(Callback):
 
 
 def run_trial(cfg: DictConfig, ctx: TrialContext) -> TrialOutcome:
-    """Train and track one trial; never raises for a failing trial (the sweep goes on)."""
+    """Train and track one trial; never raises for a failing trial (the sweep goes on).
+
+    A failure's error travels in the outcome; the sweeper stores it on the trial.
+    """
     trial = ctx.trial
     callbacks: list[Callback] = [EpochCounter(trial)]
     if ctx.prune:
@@ -103,12 +106,10 @@ def run_trial(cfg: DictConfig, ctx: TrialContext) -> TrialOutcome:
         return TrialOutcome(TrialState.PRUNED)
     except Exception as err:  # a failing trial is recorded, the sweep goes on
         error = str(user_error_in(err) or f"{type(err).__name__}: {err}")
-        trial.set_user_attr("error", error[:1000])
         return TrialOutcome(TrialState.FAIL, error=error)
     value = result.metrics.get(ctx.metric)
     if value is None or not math.isfinite(value):
         error = f"objective {ctx.metric} is {value} (not a finite number)"
-        trial.set_user_attr("error", error)
         client = MlflowClient(cfg.tracking.uri)
         client.set_tag(result.run_id, "nscfate.failed_reason", error)
         client.set_terminated(result.run_id, "FAILED")

@@ -17,6 +17,7 @@ from nscfate.data.ingest import scan_folder
 from nscfate.data.schema import CLASSES, canonical_label
 from nscfate.data.store import open_store
 from nscfate.errors import NscfateError
+from nscfate.files import atomic_write
 from nscfate.tracking.pyfunc import FateModel
 from nscfate.training.evaluate import fate_fractions
 
@@ -142,10 +143,5 @@ def fate_fraction_table(predictions: pd.DataFrame) -> pd.DataFrame | None:
 
 def write_csv(table: pd.DataFrame, out: Path) -> None:
     """Write a CSV atomically (temporary file, then rename)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_write(out) as tmp:
         table.to_csv(tmp, index=False)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -22,6 +22,7 @@ from nscfate.data.schema import CLASSES
 from nscfate.data.splits import TEST
 from nscfate.data.store import open_store
 from nscfate.errors import NscfateError
+from nscfate.tracking.predict import load_model
 from nscfate.training.evaluate import PROB_COLUMNS, classification_metrics
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -156,11 +157,7 @@ def test_split_crops(candidate: Candidate) -> tuple[np.ndarray, pd.DataFrame]:
 
 def score_model(model_uri: str, crops: np.ndarray, cells: pd.DataFrame) -> dict[str, float]:
     """Load a registered/logged pyfunc model and compute the test metrics on raw crops."""
-    try:
-        model = mlflow.pyfunc.load_model(model_uri)
-    except MlflowException as err:
-        raise NscfateError(f"cannot load model {model_uri}: {err.message}") from err
-    probs = model.predict(crops.astype(np.float32))
+    probs = load_model(model_uri).predict(crops.astype(np.float32))
     table = cells[["label", "day"]].copy()
     table[PROB_COLUMNS] = probs[list(CLASSES)].to_numpy()
     table["predicted"] = probs["fate"].to_numpy()

@@ -64,7 +64,7 @@ def tracked_train(
     """
     preflight(cfg)
     if rank_zero_only.rank != 0:  # DDP workers train but never log
-        metrics, _ = train(cfg, callbacks=callbacks)
+        metrics, _ = train(cfg, callbacks=callbacks, checked=True)
         return TrackedRun(float("nan"), metrics, None)
     experiment_id = connect(
         cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_location
@@ -88,7 +88,7 @@ def tracked_train(
             artifact_location=None,
         )
         try:
-            metrics, objects = train(cfg, logger=logger, callbacks=callbacks)
+            metrics, objects = train(cfg, logger=logger, callbacks=callbacks, checked=True)
         except interruptions as stop:
             mlflow.set_tag("nscfate.interrupted", type(stop).__name__)
             mlflow.end_run("KILLED")

@@ -78,13 +78,18 @@ def instantiate_callbacks(cfg: DictConfig | None, with_logger: bool = True) -> l
 
 
 def train(
-    cfg: DictConfig, logger: Logger | None = None, callbacks: Sequence[Callback] = ()
+    cfg: DictConfig,
+    logger: Logger | None = None,
+    callbacks: Sequence[Callback] = (),
+    checked: bool = False,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit ``cfg.model`` on ``cfg.data``; evaluate the best checkpoint. Returns (metrics, objects).
 
-    On ranks other than 0 (DDP) only the fit metrics are returned: evaluation happens on rank 0.
+    ``checked``: the caller already ran :func:`preflight`. On ranks other than 0 (DDP) only the fit
+    metrics are returned: evaluation happens on rank 0.
     """
-    preflight(cfg)
+    if not checked:
+        preflight(cfg)
     L.seed_everything(cfg.seed, workers=True)
 
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
