@@ -90,3 +90,18 @@ def test_missing_store_and_unknown_split_are_named(tmp_path, tiny_synth):
     dm.setup("fit")
     with pytest.raises(NscfateError, match="no split 'indep:X'"):
         dm.loader("indep:X")
+
+
+def test_non_square_crops_are_padded_to_a_square_with_their_own_background(nonsquare_stores):
+    from nscfate.data.imageio import background_level
+
+    dm = CellDataModule(str(nonsquare_stores["45x30"]), normalize="none", batch_size=4)
+    dm.setup()
+    assert dm.store.meta["shape"][1:] == [45, 30] and dm.input_size == (45, 45)
+    item = dm.datasets["test"][0]
+    raw = dm.store.images[int(item["row"])].astype(np.float32) / 255
+    image = item["image"][0].numpy()
+    assert image.shape == (45, 45)
+    np.testing.assert_allclose(image[:, 7:37], raw, atol=1e-6)  # the crop itself, untouched
+    assert np.allclose(image[:, :7], background_level(raw), atol=1e-6)
+    assert np.allclose(image[:, 37:], background_level(raw), atol=1e-6)

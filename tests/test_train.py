@@ -115,3 +115,59 @@ def test_ddp_two_cpu_processes_log_once(tmp_path, data_dir):
     runs = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # rank 1 trained but never logged
     assert runs[0].data.params["trainer.devices"] == "2" and "test/acc" in runs[0].data.metrics
+
+
+AUGMENTATIONS = sorted(p.stem for p in (CONF / "augmentation").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("shape", ["45x30", "57x60"])
+@pytest.mark.parametrize("policy", AUGMENTATIONS)
+def test_every_policy_trains_on_non_square_crops(
+    tmp_path, data_dir, nonsquare_stores, shape, policy
+):
+    cfg = compose_train(
+        tmp_path,
+        data_dir,
+        "data=folder",
+        f"data.path={nonsquare_stores[shape]}",
+        f"augmentation={policy}",
+        "data.batch_size=16",
+        "trainer.max_epochs=1",
+    )
+    metrics, objects = train(cfg)
+    assert math.isfinite(metrics["train/loss"]) and 0.0 <= metrics["test/acc"] <= 1.0
+
+
+@pytest.mark.parametrize("pad", [True, False])
+def test_nscnet_trains_at_the_papers_45x30(tmp_path, data_dir, nonsquare_stores, pad):
+    cfg = compose_train(
+        tmp_path,
+        data_dir,
+        "data=folder",
+        f"data.path={nonsquare_stores['45x30']}",
+        "model=nscnet",
+        "debug=fdr",
+        f"data.pad_to_square={pad}",
+        f"augmentation={'light' if pad else 'none'}",
+        "data.batch_size=8",
+    )
+    metrics, objects = train(cfg)
+    assert objects["datamodule"].input_size == ((45, 45) if pad else (45, 30))
+    batch = next(iter(objects["datamodule"].train_dataloader()))
+    assert tuple(batch["image"].shape[-2:]) == objects["datamodule"].input_size
+    assert math.isfinite(metrics["train/loss"])
+
+
+def test_a_rotating_policy_on_unpadded_non_square_crops_is_refused(
+    tmp_path, data_dir, nonsquare_stores
+):
+    cfg = compose_train(
+        tmp_path,
+        data_dir,
+        "data=folder",
+        f"data.path={nonsquare_stores['57x60']}",
+        "data.pad_to_square=false",
+        "augmentation=light",
+    )
+    with pytest.raises(NscfateError, match="RandomRotate90 turns a 57x60 crop into 60x57"):
+        train(cfg)

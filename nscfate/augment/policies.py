@@ -8,11 +8,13 @@ code, so ``augmentation=strong augmentation.magnitude=0.5`` and a sweep over mag
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import albumentations as A
+import numpy as np
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -95,3 +97,26 @@ def _check_arguments(cls: type, params: Mapping[str, Any], position: int, name: 
             f"augmentation.transforms[{position}] ({name}): unknown argument(s) {unknown}; "
             f"expected some of {options}"
         )
+
+
+#: Draws per transform when checking that a policy keeps a crop's shape (seeded: deterministic).
+SHAPE_PROBES = 16
+
+
+def check_keeps_shape(policy: A.Compose | None, shape: tuple[int, int], name: str) -> None:
+    """Fail if a transform of ``policy`` can change a ``shape`` crop's shape (e.g. a 90° rotation
+    of a non-square crop), which would break batching; every transform is forced on a blank crop."""
+    if policy is None:
+        return
+    blank = np.zeros(shape, dtype=np.float32)
+    for transform in policy.transforms:
+        probe = copy.deepcopy(transform)
+        probe.set_random_seed(0)
+        for _ in range(SHAPE_PROBES):
+            out = probe(image=blank, force_apply=True)["image"].shape[:2]
+            if out != shape:
+                raise NscfateError(
+                    f"augmentation={name}: {type(transform).__name__} turns a "
+                    f"{shape[0]}x{shape[1]} crop into {out[0]}x{out[1]}; keep "
+                    "data.pad_to_square=true (the default) or use a policy without it"
+                )

@@ -3,6 +3,10 @@
 Items are dicts ``{"image": float32 1xHxW, "label": int64 (-1 when unknown), "row": int64}``;
 ``row`` is the cell's position in the store's index, so any per-cell column (day, condition,
 batch) can be joined back to predictions.
+
+Non-square crops (a lab export's 57x60, the paper's 45x30) are padded to a square with their own
+background level by default (``pad_to_square``), so that 90° rotations and any other augmentation
+keep every crop's shape and no cell pixel is cut away.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from nscfate.augment import build_augmentation
+from nscfate.augment import build_augmentation, check_keeps_shape
 from nscfate.data.builtin import generate_synthetic_store, synthetic_slug
+from nscfate.data.imageio import fit_to_size
 from nscfate.data.normalize import Normalizer, to_unit_float
 from nscfate.data.schema import CLASSES
 from nscfate.data.splits import (
@@ -42,7 +47,8 @@ DATASET_STATS_SAMPLE = 4096
 
 
 class CellCrops(Dataset):
-    """Crops of some rows of a store, converted to float, augmented, then normalised."""
+    """Crops of some rows of a store, converted to float, fitted to ``size`` (padded with their own
+    background), augmented, then normalised."""
 
     def __init__(
         self,
@@ -51,10 +57,12 @@ class CellCrops(Dataset):
         labels: np.ndarray,
         white_level: int,
         normalizer: Normalizer,
+        size: tuple[int, int],
         augment: Any = None,
     ) -> None:
         self.store_path, self.rows, self.labels = store_path, rows, labels
         self.white_level, self.normalizer, self.augment = white_level, normalizer, augment
+        self.size = size
         self._images: np.ndarray | None = (
             None  # opened lazily: a memmap must not cross process lines
         )
@@ -67,6 +75,8 @@ class CellCrops(Dataset):
             self._images = np.load(self.store_path / "images.npy", mmap_mode="r")
         row = int(self.rows[i])
         crop = to_unit_float(self._images[row], self.white_level)
+        if crop.shape != self.size:
+            crop = fit_to_size(crop, *self.size)
         if self.augment is not None:
             crop = self.augment(image=crop)["image"]
         crop = self.normalizer(crop)
@@ -94,6 +104,8 @@ class CellDataModule(L.LightningDataModule):
             the store ``<path>/<settings slug>`` is generated on first use and reused afterwards.
         normalize: ``per_image`` (default), ``dataset`` or ``none``.
         augmentation: an ``augmentation`` config node (applied to training crops only).
+        pad_to_square: pad non-square crops to a square with their own background, so rotations
+            keep their shape (false keeps the store's shape; a shape-changing policy is then an error).
         split: ``SplitSpec`` fields: val, test, seed, group_by, holdout_conditions.
     """
 
@@ -103,6 +115,7 @@ class CellDataModule(L.LightningDataModule):
         synthetic: Mapping[str, Any] | None = None,
         normalize: str = "per_image",
         augmentation: Mapping[str, Any] | None = None,
+        pad_to_square: bool = True,
         split: Mapping[str, Any] | None = None,
         batch_size: int = 128,
         eval_batch_size: int | None = None,
@@ -117,7 +130,7 @@ class CellDataModule(L.LightningDataModule):
             Path(path) if not self.synthetic else Path(path) / synthetic_slug(self.synthetic)
         )
         self.normalizer = Normalizer(normalize)
-        self.augmentation_cfg = augmentation
+        self.augmentation_cfg, self.pad_to_square = augmentation, pad_to_square
         split = dict(split or {})
         split["holdout_conditions"] = tuple(split.get("holdout_conditions") or ())
         self.split_spec = SplitSpec(**split)
@@ -151,6 +164,13 @@ class CellDataModule(L.LightningDataModule):
         self.datasets = {part: self._dataset(part) for part in self.parts}
 
     @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of the crops the model sees: the store's, squared by ``pad_to_square``."""
+        assert self.store is not None, "call setup() first"
+        h, w = self.store.meta["shape"][1:]
+        return (max(h, w),) * 2 if self.pad_to_square else (h, w)
+
+    @property
     def parts(self) -> list[str]:
         """Every non-empty split: train, val, test and one ``indep:<condition>`` per held-out condition."""
         assert self.split is not None, "call setup() first"
@@ -165,15 +185,18 @@ class CellDataModule(L.LightningDataModule):
     def _dataset(self, part: str) -> CellCrops:
         rows = rows_of(self.split, part)
         labels = self.store.index["label"].map({c: i for i, c in enumerate(CLASSES)}).fillna(-1)
-        augment = (
-            build_augmentation(self.augmentation_cfg, seed=self.seed) if part == TRAIN else None
-        )
+        augment = None
+        if part == TRAIN:
+            augment = build_augmentation(self.augmentation_cfg, seed=self.seed)
+            name = (self.augmentation_cfg or {}).get("name", "?")
+            check_keeps_shape(augment, self.input_size, name)
         return CellCrops(
             self.store_path,
             rows,
             labels.to_numpy(dtype=np.int64)[rows],
             self.store.white_level,
             self.normalizer,
+            self.input_size,
             augment,
         )
 
@@ -181,7 +204,8 @@ class CellDataModule(L.LightningDataModule):
         rows = rows_of(self.split, TRAIN)
         rng = np.random.default_rng(self.seed)
         sample = np.sort(rng.choice(rows, size=min(len(rows), DATASET_STATS_SAMPLE), replace=False))
-        self.normalizer.fit(to_unit_float(self.store.images[sample], self.store.white_level))
+        crops = to_unit_float(self.store.images[sample], self.store.white_level)
+        self.normalizer.fit(np.stack([fit_to_size(c, *self.input_size) for c in crops]))
 
     def _save_split(self, index: pd.DataFrame) -> None:
         """Keep the split next to the data (``splits/<digest>.csv``), written atomically."""

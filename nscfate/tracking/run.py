@@ -278,7 +278,7 @@ def _log_model(cfg: DictConfig, objects: dict[str, Any], workdir: Path) -> Any:
         k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "_target_"
     }
     example = np.asarray(store.images[:2])
-    size = tuple(store.meta["shape"][1:])
+    size = datamodule.input_size
     return log_fate_model(
         module.net, model_cfg, size, datamodule.normalizer, store.white_level, example, workdir
     )
