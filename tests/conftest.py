@@ -61,43 +61,18 @@ def tiny_synth(tmp_path_factory: pytest.TempPathFactory):
     return generate_synthetic_store(settings, out, progress=False)
 
 
-def lab_export(
-    out: Path,
-    cells_per_group: int,
-    size: int = 60,
-    width: int = 60,
-    heights: tuple[int, int] = (37, 57),
-    seed: int = 1,
-) -> Path:
-    """An IDEAS-style export as a lab writes it: synthetic cells (real morphology per class) of
-    days 1/3/7, four cultures per class and day, as non-square 24-bit BMPs of varying height."""
-    from nscfate.data.export import write_ideas_export
-    from nscfate.data.synthetic import SynthSettings, generate
-
-    settings = SynthSettings(
-        seed=seed,
-        size=size,
-        cells_per_group=cells_per_group,
-        days=(1, 3, 7),
-        batches_per_group=4,
-        conditions=(),
-    )
-    images, index = generate(settings)
-    write_ideas_export(images, index, out, width=width, heights=heights, seed=seed)
-    return out
-
-
 @pytest.fixture(scope="session")
 def nonsquare_stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Small ingested stores of non-square crops: the paper's 45x30 and an export's 57x60."""
+    from nscfate.data.export import synthetic_ideas_export
     from nscfate.data.ingest import ingest
 
     root = tmp_path_factory.mktemp("nonsquare")
     shapes = {"45x30": dict(size=48, width=30, heights=(45, 45)), "57x60": {}}
     stores = {}
     for name, shape in shapes.items():
-        src = lab_export(root / f"export-{name}", cells_per_group=12, **shape)
-        stores[name] = ingest(src, root / f"store-{name}", fmt="ideas")[0].path
+        synthetic_ideas_export(root / f"export-{name}", cells_per_group=12, **shape)
+        stores[name] = ingest(root / f"export-{name}", root / f"store-{name}", fmt="ideas")[0].path
     return stores
 
 
@@ -107,16 +82,16 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
-#: Overrides that make a training run take seconds on CPU.
-FAST = [
+#: A tiny synthetic store, read in-process, with a fixed batch size (not the recipe's auto).
+TINY_DATA = [
     "data.synthetic.cells_per_group=12",
     "data.synthetic.batches_per_group=4",
     "data.num_workers=0",
     "data.persistent_workers=false",
     "data.batch_size=32",
-    "trainer.max_epochs=2",
-    "trainer.log_every_n_steps=1",
 ]
+#: Overrides that make a training run take seconds on CPU.
+FAST = [*TINY_DATA, "trainer.max_epochs=2", "trainer.log_every_n_steps=1"]
 
 
 def compose_train(tmp_path: Path, data_dir: Path, *overrides: str, fast: bool = True):

@@ -22,20 +22,12 @@ from optuna.trial import TrialState
 
 from nscfate.search.storage import claim, open_storage, recover_dead_trials
 
-from .conftest import console_script
+from .conftest import TINY_DATA, console_script
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.timeout(900)
 
-TINY = [
-    "data.synthetic.cells_per_group=12",
-    "data.synthetic.batches_per_group=4",
-    "data.num_workers=0",
-    "data.persistent_workers=false",
-    "data.batch_size=32",
-    "trainer.log_every_n_steps=1",
-    "~callbacks.early_stopping",
-]
+TINY = [*TINY_DATA, "trainer.log_every_n_steps=1", "~callbacks.early_stopping"]
 
 
 def sweep_cmd(

@@ -136,6 +136,11 @@ def test_every_policy_trains_on_non_square_crops(
     )
     metrics, objects = train(cfg)
     assert math.isfinite(metrics["train/loss"]) and 0.0 <= metrics["test/acc"] <= 1.0
+    if policy == "light":  # re-evaluating the checkpoint sees the crops as training did
+        from nscfate.training.checkpoint_eval import evaluate_checkpoint
+
+        again, _ = evaluate_checkpoint(objects["best_checkpoint"])
+        assert again.metrics["test/f1_macro"] == pytest.approx(metrics["test/f1_macro"], abs=1e-6)
 
 
 @pytest.mark.parametrize("pad", [True, False])
@@ -171,3 +176,19 @@ def test_a_rotating_policy_on_unpadded_non_square_crops_is_refused(
     )
     with pytest.raises(NscfateError, match="RandomRotate90 turns a 57x60 crop into 60x57"):
         train(cfg)
+
+
+DEBUG_PRESETS = sorted(p.stem for p in (CONF / "debug").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("data", ["default", "small"])
+@pytest.mark.parametrize("preset", DEBUG_PRESETS)
+def test_every_debug_preset_runs(tmp_path, data_dir, nonsquare_stores, preset, data):
+    from nscfate.tracking.run import tracked_train
+
+    store = [] if data == "default" else ["data=folder", f"data.path={nonsquare_stores['57x60']}"]
+    cfg = compose_train(tmp_path, data_dir, f"debug={preset}", *store, fast=False)
+    result = tracked_train(cfg)
+    assert math.isfinite(result.metrics["train/loss"]) and "test/f1_macro" in result.metrics
+    if preset == "overfit":  # three batches are memorised: the model and loop can learn
+        assert result.metrics["train/acc"] >= 0.9

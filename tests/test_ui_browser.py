@@ -32,7 +32,7 @@ from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from .conftest import BIN, REPO, free_port
+from .conftest import BIN, REPO, TINY_DATA, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts"
@@ -40,15 +40,7 @@ EXPERIMENT, STUDY, MODEL = "ui-check", "ui-study", "nscfate"
 TRIALS = ("trial-0", "trial-1")
 #: Two trials of seconds each: one parent run per study, the trials nested under it.
 SEARCH = ["search.sampler=random", "search.pruner=none", "search.n_trials=2"]
-TINY = [
-    "trainer.max_epochs=2",
-    "data.synthetic.cells_per_group=12",
-    "data.synthetic.batches_per_group=4",
-    "data.num_workers=0",
-    "data.persistent_workers=false",
-    "data.batch_size=32",
-    "~callbacks.early_stopping",
-]
+TINY = ["trainer.max_epochs=2", *TINY_DATA, "~callbacks.early_stopping"]
 #: Headless, as root, no GPU, and no traffic anywhere but this machine.
 CHROMIUM_FLAGS = [
     "--headless",

@@ -107,6 +107,7 @@ class CellDataModule(L.LightningDataModule):
         pad_to_square: pad non-square crops to a square with their own background, so rotations
             keep their shape (false keeps the store's shape; a shape-changing policy is then an error).
         split: ``SplitSpec`` fields: val, test, seed, group_by, holdout_conditions.
+        batch_size: training batch size, or ``auto`` (set by ``nscfate.training.train.prepare``).
     """
 
     def __init__(
@@ -117,7 +118,7 @@ class CellDataModule(L.LightningDataModule):
         augmentation: Mapping[str, Any] | None = None,
         pad_to_square: bool = True,
         split: Mapping[str, Any] | None = None,
-        batch_size: int = 128,
+        batch_size: int | str = 128,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -226,9 +227,15 @@ class CellDataModule(L.LightningDataModule):
             raise NscfateError(
                 f"no split {part!r} in {self.store_path} (splits: {', '.join(self.datasets)})"
             )
+        batch_size = self.batch_size if part == TRAIN else self.eval_batch_size
+        if not isinstance(batch_size, int):
+            raise NscfateError(
+                f"data.batch_size={batch_size}: 'auto' is resolved from the training-set size when "
+                "training starts; give a number to use the datamodule on its own"
+            )
         return DataLoader(
             self.datasets[part],
-            batch_size=self.batch_size if part == TRAIN else self.eval_batch_size,
+            batch_size=batch_size,
             shuffle=shuffle,
             drop_last=shuffle and self._per_rank(part) >= 2 * self.batch_size,
             num_workers=self.num_workers,

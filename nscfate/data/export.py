@@ -16,6 +16,7 @@ import pandas as pd
 from PIL import Image
 
 from nscfate.data.schema import CONTROL
+from nscfate.data.synthetic import SynthSettings, generate
 from nscfate.errors import NscfateError
 
 #: Class letters of IDEAS export names.
@@ -57,6 +58,29 @@ def write_ideas_export(
     if not files:
         raise NscfateError(f"no control cells among the {n} given: nothing to export")
     return files
+
+
+def synthetic_ideas_export(
+    out: Path,
+    cells_per_group: int = 111,
+    size: int = 60,
+    width: int = 60,
+    heights: tuple[int, int] = (37, 57),
+    seed: int = 1,
+) -> list[Path]:
+    """A lab-sized IDEAS export of synthetic cells: days 1/3/7, four cultures per class and day,
+    ``cells_per_group`` cells per class and day (111 gives 999 cells), crops ``heights`` x ``width``
+    cut from ``size`` px renders."""
+    settings = SynthSettings(
+        seed=seed,
+        size=size,
+        cells_per_group=cells_per_group,
+        days=(1, 3, 7),
+        batches_per_group=4,
+        conditions=(),
+    )
+    images, index = generate(settings)
+    return write_ideas_export(images, index, out, width=width, heights=heights, seed=seed)
 
 
 def _replicates(index: pd.DataFrame) -> np.ndarray:

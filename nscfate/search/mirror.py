@@ -81,6 +81,8 @@ def study_summary(study: optuna.Study) -> dict:
         "epochs_trained": int(
             sum(t.user_attrs.get("epochs", 0) for t in study.get_trials(deepcopy=False))
         ),
+        # trials whose model learned nothing useful (one class, or chance): nscfate.training.health
+        "warned": sum(bool(t.user_attrs.get("warnings")) for t in trials),
     }
     done = [
         t
@@ -95,6 +97,8 @@ def study_summary(study: optuna.Study) -> dict:
             "params": dict(best.params),
             "mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
         }
+        if best.user_attrs.get("warnings"):
+            summary["best"]["warnings"] = best.user_attrs["warnings"]
     return summary
 
 

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from nscfate.errors import NscfateError
 from nscfate.search.space import SearchSpace
 from nscfate.search.storage import open_storage
+from nscfate.training.recipe import AUTO
 
 DIRECTIONS = ("maximize", "minimize")
 
@@ -51,12 +52,13 @@ SAMPLERS: dict[str, Callable[[DictConfig, SearchSpace], optuna.samplers.BaseSamp
     "grid": _grid,
 }
 
-PRUNERS: dict[str, Callable[[DictConfig, int], optuna.pruners.BasePruner]] = {
+PRUNERS: dict[str, Callable[[DictConfig, int | str], optuna.pruners.BasePruner]] = {
     "median": lambda cfg, epochs: optuna.pruners.MedianPruner(
         n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.n_warmup_steps
     ),
+    # trainer.max_epochs=auto: the data decides each trial's length, so Optuna estimates it too
     "hyperband": lambda cfg, epochs: optuna.pruners.HyperbandPruner(
-        min_resource=1, max_resource=max(epochs, 2)
+        min_resource=1, max_resource="auto" if epochs == AUTO else max(int(epochs), 2)
     ),
     "none": lambda cfg, epochs: optuna.pruners.NopPruner(),
 }
@@ -73,7 +75,9 @@ def study_name(search: DictConfig, space: SearchSpace, metric: str) -> str:
     return f"{search.get('name') or 'sweep'}-{digest}"
 
 
-def load_study(search: DictConfig, space: SearchSpace, name: str, max_epochs: int) -> optuna.Study:
+def load_study(
+    search: DictConfig, space: SearchSpace, name: str, max_epochs: int | str
+) -> optuna.Study:
     """Create the study, or load it if it exists (resume, or another worker)."""
     if search.direction not in DIRECTIONS:
         raise NscfateError(f"search.direction={search.direction!r}: expected maximize or minimize")

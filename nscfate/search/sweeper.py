@@ -71,7 +71,7 @@ class OptunaSweeper:
         # Workers starting together on fresh storages would race to create the same tables
         # (creating an MLflow client migrates its database), so all of that happens under the lock.
         with storage_lock(search.storage, name):
-            study = load_study(search, space, name, max_epochs=int(self.config.trainer.max_epochs))
+            study = load_study(search, space, name, max_epochs=self.config.trainer.max_epochs)
             experiment_id = connect(
                 self.config.tracking.uri,
                 self.config.tracking.experiment,
@@ -173,6 +173,9 @@ class OptunaSweeper:
         if outcome.state == TrialState.FAIL:
             trial.set_user_attr("error", (outcome.error or "")[:1000])
             log.warning("trial %d failed: %s", trial.number, outcome.error)
+        if outcome.warnings:
+            trial.set_user_attr("warnings", outcome.warnings)
+            log.warning("trial %d: %s", trial.number, "; ".join(outcome.warnings.values()))
         if outcome.state == TrialState.COMPLETE:
             study.tell(trial, outcome.value)
             log.info("trial %d: %s = %.4f", trial.number, metric, outcome.value)
@@ -243,6 +246,11 @@ def print_sweep_summary(summary: dict, path: Path) -> None:
         f"{t['pruned']} pruned, {t['fail']} failed, {t['running']} running; "
         f"{summary['epochs_trained']} epochs trained"
     )
+    if summary.get("warned"):
+        console.print(
+            f"[red]{summary['warned']} trial(s) learned nothing useful (one class or chance): "
+            "trial user attribute 'warnings', MLflow tag nscfate.warnings[/red]"
+        )
     if "best" in summary:
         best = summary["best"]
         params = ", ".join(f"{k}={v}" for k, v in best["params"].items())
@@ -250,6 +258,8 @@ def print_sweep_summary(summary: dict, path: Path) -> None:
         shown = f"{value:.4f}" if math.isfinite(value) else "nan"
         console.print(f"best trial {best['number']}: {summary['metric']} = {shown}")
         console.print(f"  params: {params}")
+        for message in best.get("warnings", {}).values():
+            console.print(f"  [red]WARNING: {message}[/red]")
         console.print(
             f"  MLflow run: {best['mlflow_run_id']} (parent {summary['mlflow_parent_run_id']})"
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import optuna
 from lightning.pytorch.callbacks import Callback
@@ -42,6 +42,8 @@ class TrialOutcome:
     state: TrialState
     value: float | None = None
     error: str | None = None
+    #: What a finished run warned about (``nscfate.training.health``): code -> message.
+    warnings: dict[str, str] = field(default_factory=dict)
 
 
 _current: TrialContext | None = None
@@ -114,7 +116,8 @@ def run_trial(cfg: DictConfig, ctx: TrialContext) -> TrialOutcome:
         client.set_tag(result.run_id, "nscfate.failed_reason", error)
         client.set_terminated(result.run_id, "FAILED")
         return TrialOutcome(TrialState.FAIL, error=error)
-    return TrialOutcome(TrialState.COMPLETE, value=float(value))
+    warnings = {w.code: w.message for w in result.warnings}
+    return TrialOutcome(TrialState.COMPLETE, value=float(value), warnings=warnings)
 
 
 def optuna_param(name: str, value: object):  # noqa: ANN201

@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,9 @@ from nscfate.paths import REPO_ROOT
 from nscfate.tracking.connection import connect
 from nscfate.tracking.pyfunc import log_fate_model
 from nscfate.training import plots
+from nscfate.training.health import RunWarning
 from nscfate.training.module import FIT_METRICS
-from nscfate.training.train import preflight, train
+from nscfate.training.train import prepare, train
 
 log = logging.getLogger(__name__)
 #: Longest parameter value logged as is (MLflow allows 6000; the UI is happier with less).
@@ -47,6 +48,7 @@ class TrackedRun:
     objective: float
     metrics: dict[str, float]
     run_id: str | None
+    warnings: list[RunWarning] = field(default_factory=list)
 
 
 def tracked_train(
@@ -62,9 +64,9 @@ def tracked_train(
     it exists; an exception of a type in ``interruptions`` (a pruned trial) ends the run KILLED and
     tagged ``nscfate.interrupted`` instead of FAILED, then propagates.
     """
-    preflight(cfg)
+    cfg, datamodule = prepare(cfg)
     if rank_zero_only.rank != 0:  # DDP workers train but never log
-        metrics, _ = train(cfg, callbacks=callbacks, checked=True)
+        metrics, _ = train(cfg, callbacks=callbacks, datamodule=datamodule)
         return TrackedRun(float("nan"), metrics, None)
     experiment_id = connect(
         cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_location
@@ -88,17 +90,29 @@ def tracked_train(
             artifact_location=None,
         )
         try:
-            metrics, objects = train(cfg, logger=logger, callbacks=callbacks, checked=True)
+            metrics, objects = train(cfg, logger, callbacks, datamodule)
         except interruptions as stop:
             mlflow.set_tag("nscfate.interrupted", type(stop).__name__)
             mlflow.end_run("KILLED")
             raise
         metrics |= log_results(cfg, metrics, objects)
+        log_warnings(objects["warnings"])
     if cfg.objective not in metrics:
         raise NscfateError(
             f"objective={cfg.objective} was never logged by run {run_id} (no complete training epoch?)"
         )
-    return TrackedRun(float(metrics[cfg.objective]), metrics, run_id)
+    return TrackedRun(float(metrics[cfg.objective]), metrics, run_id, objects["warnings"])
+
+
+def log_warnings(warnings: Sequence[RunWarning]) -> None:
+    """Tag the active run with what went wrong: ``nscfate.warnings`` lists the codes (searchable in
+    the UI: ``tags.`nscfate.warnings` LIKE '%single_class%'``), ``nscfate.warning.<code>`` says
+    what happened and what to try."""
+    if warnings:
+        mlflow.set_tags(
+            {"nscfate.warnings": ",".join(w.code for w in warnings)}
+            | {f"nscfate.warning.{w.code}": str(w) for w in warnings}
+        )
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, str]:

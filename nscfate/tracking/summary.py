@@ -6,6 +6,7 @@ import re
 
 from omegaconf import DictConfig
 from rich.console import Console
+from rich.panel import Panel
 from rich.table import Table
 
 from nscfate.data.schema import CLASSES
@@ -60,10 +61,22 @@ def print_summary(cfg: DictConfig, result) -> None:
         f" | AUROC {m.get('test/auroc', float('nan')):.3f} | ECE {m.get('test/ece', float('nan')):.3f}"
         f" | objective {cfg.objective} = {result.objective:.4f}"
     )
+    print_warnings(console, result.warnings)
     console.print(
         f"MLflow run {result.run_id} in experiment '{cfg.tracking.experiment}' ({cfg.tracking.uri})"
     )
     console.print(f"Open the MLflow UI: {ui_command(cfg.tracking.uri)}  (or: make ui)")
+
+
+def print_warnings(console: Console, warnings) -> None:  # noqa: ANN001
+    """A run that learned nothing says so loudly: what happened, then what to try."""
+    if not warnings:
+        return
+    lines = [f"[bold]{w.message}[/bold]" for w in warnings]
+    lines += [f"What to try: {warnings[0].advice}.", "(MLflow tag nscfate.warnings)"]
+    console.print(
+        Panel("\n".join(lines), title="WARNING: this model learned nothing useful", style="red")
+    )
 
 
 def print_fractions(fractions) -> None:  # noqa: ANN001

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nscfate.errors import NscfateError
 from nscfate.training.evaluate import Evaluation, evaluate
@@ -51,7 +51,11 @@ def evaluate_checkpoint(
         raise NscfateError(
             f"checkpoint {path} does not fit model {run_cfg.model.name!r}: {first}"
         ) from err
-    datamodule = build(data if data is not None else run_cfg.data)
+    # The network sees crops as it was trained (checkpoints older than the option: unpadded).
+    data = data if data is not None else run_cfg.data
+    with open_dict(data):
+        data.pad_to_square = run_cfg.data.get("pad_to_square", False)
+    datamodule = build(data)
     datamodule.prepare_data()
     datamodule.setup("test")
     return evaluate(module, datamodule), run_cfg

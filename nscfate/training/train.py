@@ -18,10 +18,12 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
-from nscfate.data.store import open_store
+from nscfate.data.splits import TRAIN, VAL
 from nscfate.errors import NscfateError, user_error_in
 from nscfate.training.evaluate import TEST_METRICS, evaluate, is_known_metric
+from nscfate.training.health import check_run
 from nscfate.training.module import FIT_METRICS, FateClassifier
+from nscfate.training.recipe import fit_to_data
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +49,22 @@ def build(node: Any, **kwargs: Any) -> Any:
         raise
 
 
-def preflight(cfg: DictConfig) -> None:
-    """Check what can be checked before anything starts: objective, model name, data location."""
+def prepare(cfg: DictConfig) -> tuple[DictConfig, Any]:
+    """Check what can be checked before anything starts, set up the data, fit the recipe to it.
+
+    An unknown objective or architecture and a missing or broken store fail here, naming what is
+    wrong. Returns the config with the batch size and epochs the recipe chose for this data (see
+    ``nscfate.training.recipe``) and the set-up datamodule.
+    """
     check_objective(cfg.objective)
     build(cfg.model)  # an unknown architecture fails here, naming close matches
-    if not cfg.data.get("synthetic"):
-        open_store(cfg.data.path)  # a missing or broken store fails here, naming the path
+    datamodule = build(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    sizes = {part: len(datamodule.datasets.get(part, ())) for part in (TRAIN, VAL)}
+    cfg, _ = fit_to_data(cfg, n_train=sizes[TRAIN], n_val=sizes[VAL])
+    datamodule.batch_size = cfg.data.batch_size
+    return cfg, datamodule
 
 
 def build_module(cfg: DictConfig) -> FateClassifier:
@@ -81,19 +93,18 @@ def train(
     cfg: DictConfig,
     logger: Logger | None = None,
     callbacks: Sequence[Callback] = (),
-    checked: bool = False,
+    datamodule: Any = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit ``cfg.model`` on ``cfg.data``; evaluate the best checkpoint. Returns (metrics, objects).
 
-    ``checked``: the caller already ran :func:`preflight`. On ranks other than 0 (DDP) only the fit
-    metrics are returned: evaluation happens on rank 0.
+    ``datamodule``: already built by :func:`prepare`, which also fitted ``cfg`` to the data (the
+    caller logs that config); otherwise ``train`` prepares both itself. On ranks other than 0 (DDP)
+    only the fit metrics are returned: evaluation happens on rank 0.
     """
-    if not checked:
-        preflight(cfg)
+    if datamodule is None:
+        cfg, datamodule = prepare(cfg)
     L.seed_everything(cfg.seed, workers=True)
 
-    log.info("Instantiating datamodule <%s>", cfg.data._target_)
-    datamodule = build(cfg.data)
     log.info("Instantiating model <%s>", cfg.model.name)
     module = build_module(cfg)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
@@ -115,7 +126,14 @@ def train(
         )
     evaluation = evaluate(module, datamodule)
     metrics |= evaluation.metrics
-    return metrics, objects | {"evaluation": evaluation, "best_checkpoint": best}
+    warnings = check_run(metrics, evaluation.cells)
+    for warning in warnings:
+        log.warning("This model learned nothing useful: %s", warning)
+    return metrics, objects | {
+        "evaluation": evaluation,
+        "best_checkpoint": best,
+        "warnings": warnings,
+    }
 
 
 def best_checkpoint(trainer: L.Trainer) -> str | None:

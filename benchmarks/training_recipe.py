@@ -1,0 +1,140 @@
+"""Does the default recipe learn on lab-sized data as well as on the synthetic default?
+
+    python benchmarks/training_recipe.py [--stores lab1,lab2,default,demo] [--variants before,after]
+                                         [--repeats 1] [--out benchmarks/results/training_recipe.json]
+
+Stores: ``lab1``/``lab2`` are IDEAS-style exports of 999 synthetic cells (days 1/3/7, four cultures per
+class and day, 60 px wide BMPs 37-57 px high; export seeds 1 and 2) ingested with ``--format ideas``;
+``default`` is the built-in synthetic data (``nscfate-train`` with no data override); ``demo`` is
+``experiment=cpu_baseline`` (``make demo``). Variants: ``before`` is the fixed batch size and epochs
+nscfate had before the recipe (128 and 12; 20 for the demo), ``after`` the shipped defaults
+(``auto``); ``steps=N`` / ``batches=N`` try other ``recipe.min_steps`` /
+``recipe.min_batches_per_epoch``.
+Every (store, variant) pair is a real ``nscfate-train`` process, run alternately in one invocation;
+the script prints test macro-F1, accuracy by day, batch size, epochs and wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from nscfate.data.export import synthetic_ideas_export
+from nscfate.data.ingest import ingest
+
+LAB_SEEDS = {"lab1": 1, "lab2": 2}
+
+
+#: Batch size and epochs before the recipe existed (cpu_baseline fixed 20 epochs for the demo).
+BEFORE = {"demo": ["data.batch_size=128", "trainer.max_epochs=20"]}
+
+
+def variant_overrides(name: str, store: str) -> list[str]:
+    """Hydra overrides of one recipe variant."""
+    if name == "before":
+        return BEFORE.get(store, ["data.batch_size=128", "trainer.max_epochs=12"])
+    if name == "after":
+        return []
+    key, value = name.split("=")
+    setting = {"steps": "recipe.min_steps", "batches": "recipe.min_batches_per_epoch"}[key]
+    return [f"{setting}={value}"]
+
+
+def store_overrides(name: str, tmp: Path) -> list[str]:
+    """Hydra overrides that select one store (building a lab export on first use)."""
+    if name == "default":
+        return [f"paths.data_dir={tmp}/data"]
+    if name == "demo":
+        return ["experiment=cpu_baseline", f"paths.data_dir={tmp}/data"]
+    store = tmp / f"store-{name}"
+    if not store.exists():
+        synthetic_ideas_export(tmp / f"export-{name}", seed=LAB_SEEDS[name])
+        ingest(tmp / f"export-{name}", store, fmt="ideas")
+    return ["data=folder", f"data.path={store}"]
+
+
+def run(store: str, variant: str, tmp: Path, tag: str) -> dict:
+    """One nscfate-train process; returns its figures from MLflow."""
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    cmd = [
+        sys.executable,
+        "-m",
+        "nscfate.cli.train",
+        *store_overrides(store, tmp),
+        *variant_overrides(variant, store),
+        f"tracking.uri={uri}",
+        f"tracking.experiment=recipe-{tag}",
+        f"hydra.run.dir={tmp}/run-{tag}",
+        "~callbacks.rich_progress_bar",
+        "trainer.enable_progress_bar=false",
+    ]
+    start = time.time()
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=os.environ | {"PYTHONWARNINGS": "ignore"}
+    )
+    wall = time.time() - start
+    if proc.returncode != 0:
+        sys.exit(f"{store}/{variant} failed:\n{proc.stderr[-3000:]}")
+    client = MlflowClient(uri)
+    run_ = client.search_runs([client.get_experiment_by_name(f"recipe-{tag}").experiment_id])[0]
+    m, p = run_.data.metrics, run_.data.params
+    epochs = len(client.get_metric_history(run_.info.run_id, "val/f1_macro"))
+    return {
+        "store": store,
+        "variant": variant,
+        "test_f1_macro": round(m["test/f1_macro"], 4),
+        "test_acc": round(m["test/acc"], 4),
+        "acc_by_day": {
+            k.removeprefix("test/acc_"): round(v, 3)
+            for k, v in sorted(m.items())
+            if k.startswith("test/acc_day")
+        },
+        "batch_size": int(p["data.batch_size"]),
+        "max_epochs": int(p["trainer.max_epochs"]),
+        "epochs_trained": epochs,
+        "warnings": run_.data.tags.get("nscfate.warnings", ""),
+        "wall_seconds": round(wall, 1),
+        "run_id": run_.info.run_id,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stores", default="lab1,lab2,default,demo")
+    parser.add_argument("--variants", default="before,after")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/training_recipe.json"))
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for repeat in range(args.repeats):
+            for store in args.stores.split(","):
+                for variant in args.variants.split(","):  # A and B alternate, store by store
+                    tag = f"{store}-{variant}-{repeat}".replace("=", "")
+                    results.append(run(store, variant, tmp, tag))
+                    r = results[-1]
+                    print(
+                        f"{store:8s} {variant:10s} macro-F1 {r['test_f1_macro']:.3f}  "
+                        f"by day {r['acc_by_day']}  batch {r['batch_size']:3d}  "
+                        f"epochs {r['epochs_trained']:3d}/{r['max_epochs']:3d}  "
+                        f"{r['wall_seconds']:6.1f} s  {r['warnings']}",
+                        flush=True,
+                    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps({"command": " ".join(sys.argv), "runs": results}, indent=2) + "\n"
+    )
+    print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    main()
