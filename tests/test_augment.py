@@ -85,3 +85,12 @@ def test_bad_policies_are_named():
         )
     with pytest.raises(NscfateError, match="magnitude"):
         build_augmentation({"magnitude": -1, "transforms": []})
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["albumentations.os.system", "albumentations.core.serialization.Path", "albumentations.Compose"],
+)
+def test_only_albumentations_transforms_are_built(target):
+    with pytest.raises(NscfateError, match="not an albumentations transform"):
+        build_augmentation({"transforms": [{"_target_": target, "command": "true"}]})

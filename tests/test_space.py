@@ -56,3 +56,22 @@ def test_grid_needs_discrete_values():
 def test_bad_spaces_are_named(arg, message):
     with pytest.raises(NscfateError, match=message):
         parse_space([arg])
+
+
+@pytest.mark.parametrize(("epochs", "max_resource"), [("auto", "auto"), (12, 12), (1, 2)])
+def test_hyperband_follows_the_trial_length(tmp_path, epochs, max_resource):
+    from omegaconf import OmegaConf
+
+    from nscfate.search.study import load_study
+
+    search = OmegaConf.create(
+        {
+            "direction": "maximize",
+            "sampler": "random",
+            "pruner": "hyperband",
+            "seed": 0,
+            "storage": f"sqlite:///{tmp_path}/optuna.db",
+        }
+    )
+    study = load_study(search, parse_space(["model=choice(a,b)"]), "s", max_epochs=epochs)
+    assert study.pruner._max_resource == max_resource  # auto: Optuna estimates it from trials

@@ -80,11 +80,27 @@ def _build_one(spec: DictConfig, magnitude: float, position: int) -> A.BasicTran
             "transform such as albumentations.HorizontalFlip"
         )
     name = target.rsplit(".", 1)[-1]
-    _check_arguments(get_class(target), params, position, name)
+    cls = _transform_class(target)
+    if cls is None:
+        raise NscfateError(
+            f"augmentation.transforms[{position}]._target_={target!r}: not an albumentations transform"
+        )
+    _check_arguments(cls, params, position, name)
     try:
         return instantiate(scale_params(name, params, magnitude))
     except Exception as err:
         raise NscfateError(f"augmentation.transforms[{position}] ({name}): {err}") from err
+
+
+def _transform_class(target: str) -> type | None:
+    """The albumentations transform class ``target`` names, or None for anything else (a config is
+    data: ``albumentations.os.system`` must not reach ``os.system``)."""
+    try:
+        cls = get_class(target)
+    except (ImportError, ValueError):
+        return None
+    is_transform = isinstance(cls, type) and issubclass(cls, A.BasicTransform)
+    return cls if is_transform and cls.__module__.startswith("albumentations.") else None
 
 
 def _check_arguments(cls: type, params: Mapping[str, Any], position: int, name: str) -> None:

@@ -1,17 +1,30 @@
-"""Evaluate a saved checkpoint on its own: it carries the run's resolved config."""
+"""Evaluate a saved checkpoint on its own: it carries the run's resolved config.
+
+A checkpoint is data, never code: it is read with ``torch.load(weights_only=True)`` (a pickled
+object in it is refused before anything runs), and the config inside it only supplies values to
+nscfate's own builders (``OWN_BUILDERS``): a ``_target_`` naming anything else is refused.
+"""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
+from nscfate.data.datamodule import CellDataModule
 from nscfate.errors import NscfateError
+from nscfate.models import create_model
 from nscfate.training.evaluate import Evaluation, evaluate
 from nscfate.training.module import FateClassifier
-from nscfate.training.train import build
+
+#: The builders a config stored in a checkpoint may name, by config node.
+OWN_BUILDERS = {
+    "model": "nscfate.models.create_model",
+    "data": "nscfate.data.datamodule.CellDataModule",
+}
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -20,12 +33,34 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise NscfateError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "unsupported global" not in str(err).lower():  # not an object that would run: junk
+            raise NscfateError(f"checkpoint {path} is unreadable: {err}") from err
+        raise NscfateError(
+            f"checkpoint {path} holds more than weights and plain data (a pickled object): "
+            "refused, nothing in it was run"
+        ) from err
     except Exception as err:
         raise NscfateError(f"checkpoint {path} is unreadable: {err}") from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or not ckpt.get("nscfate_config"):
         raise NscfateError(f"{path} is not an nscfate checkpoint (no state_dict/nscfate_config)")
     return ckpt
+
+
+def own_values(node: DictConfig, key: str, path: str | Path) -> dict[str, Any]:
+    """The values of a stored config node for nscfate's own builder of ``key``; a ``_target_``
+    that names anything else is refused (building it could run any code)."""
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    if not isinstance(values, dict):
+        raise NscfateError(f"checkpoint {path}: its config has no {key} mapping")
+    target = values.get("_target_")
+    if target != OWN_BUILDERS[key]:
+        raise NscfateError(
+            f"checkpoint {path}: {key}._target_={target!r} is not nscfate's own builder "
+            f"({OWN_BUILDERS[key]}): refused, nothing was built"
+        )
+    return {k: v for k, v in values.items() if not k.startswith("_")}
 
 
 def evaluate_checkpoint(
@@ -38,24 +73,27 @@ def evaluate_checkpoint(
     """
     ckpt = load_checkpoint(path)
     run_cfg = OmegaConf.create(ckpt["nscfate_config"])
-    if model is not None and model.get("name") != run_cfg.model.name:
+    data = data if data is not None else run_cfg.get("data")
+    # Both checked before anything is built; pretrained weights would only be overwritten by the
+    # checkpoint's (and need the internet). The network sees crops as it was trained (checkpoints
+    # older than pad_to_square: unpadded).
+    net_values = own_values(run_cfg.get("model"), "model", path) | {"pretrained": False}
+    data_values = own_values(data, "data", path)
+    data_values["pad_to_square"] = (run_cfg.get("data") or {}).get("pad_to_square", False)
+    if model is not None and model.get("name") != net_values.get("name"):
         raise NscfateError(
-            f"checkpoint {path} holds a {run_cfg.model.name!r} network, not model={model.get('name')!r}"
+            f"checkpoint {path} holds a {net_values.get('name')!r} network, not "
+            f"model={model.get('name')!r}"
         )
-    net = build(run_cfg.model)
-    module = FateClassifier(net=net, optimizer=torch.optim.SGD)
+    module = FateClassifier(net=create_model(**net_values), optimizer=torch.optim.SGD)
     try:
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
         first = str(err).splitlines()[0]
         raise NscfateError(
-            f"checkpoint {path} does not fit model {run_cfg.model.name!r}: {first}"
+            f"checkpoint {path} does not fit model {net_values.get('name')!r}: {first}"
         ) from err
-    # The network sees crops as it was trained (checkpoints older than the option: unpadded).
-    data = data if data is not None else run_cfg.data
-    with open_dict(data):
-        data.pad_to_square = run_cfg.data.get("pad_to_square", False)
-    datamodule = build(data)
+    datamodule = CellDataModule(**data_values)
     datamodule.prepare_data()
     datamodule.setup("test")
     return evaluate(module, datamodule), run_cfg

@@ -122,7 +122,7 @@ def train(
     if best:
         log.info("Testing the best checkpoint %s", best)
         module.load_state_dict(
-            torch.load(best, map_location=module.device, weights_only=False)["state_dict"]
+            torch.load(best, map_location=module.device, weights_only=True)["state_dict"]
         )
     evaluation = evaluate(module, datamodule)
     metrics |= evaluation.metrics
