@@ -89,7 +89,11 @@ def test_bad_policies_are_named():
 
 @pytest.mark.parametrize(
     "target",
-    ["albumentations.os.system", "albumentations.core.serialization.Path", "albumentations.Compose"],
+    [
+        "albumentations.os.system",
+        "albumentations.core.serialization.Path",
+        "albumentations.Compose",
+    ],
 )
 def test_only_albumentations_transforms_are_built(target):
     with pytest.raises(NscfateError, match="not an albumentations transform"):

@@ -4,6 +4,7 @@
     nscfate-data ingest  SRC --out DIR [--format folder|csv|ideas] [--size 64|45x30] [--skip-bad]
     nscfate-data preview DIR --out sheet.png
     nscfate-data info    DIR
+    nscfate-data verify  DIR
     nscfate-data split   DIR [--val 0.15] [--test 0.15] [--seed 0] [--holdout NT3,CNTF]
     nscfate-data oracle  DIR
 
@@ -53,10 +54,6 @@ def cmd_synth(args: argparse.Namespace) -> None:
         settings["days"] = _floats(args.days, "--days")
     settings = {k: v for k, v in settings.items() if v is not None}
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise NscfateError(
-            f"output {out} already exists (choose another --out or pass --overwrite)"
-        )
     store = generate_synthetic_store(
         settings, out, progress=not args.quiet, overwrite=args.overwrite
     )
@@ -102,6 +99,13 @@ def cmd_info(args: argparse.Namespace) -> None:
     from nscfate.data.store import open_store
 
     _print_json(_info(open_store(args.dir)))
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    from nscfate.data.store import verify_store
+
+    store = verify_store(args.dir)
+    print(f"{store.path}: ok, {len(store)} cells, digest {store.digest[:16]}", file=sys.stderr)
 
 
 def cmd_split(args: argparse.Namespace) -> None:
@@ -201,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     n = sub.add_parser("info", help="describe a store as JSON")
     n.add_argument("dir")
     n.set_defaults(func=cmd_info)
+
+    c = sub.add_parser("verify", help="recompute a store's digest; a mismatch exits non-zero")
+    c.add_argument("dir")
+    c.set_defaults(func=cmd_verify)
 
     t = sub.add_parser("split", help="show the train/val/test split a seed gives, with its digest")
     t.add_argument("dir")

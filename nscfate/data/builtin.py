@@ -13,7 +13,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from nscfate.data.store import DatasetStore, open_store, write_store
+from nscfate.data.store import (
+    DatasetStore,
+    check_out,
+    is_store,
+    open_store,
+    store_lock,
+    write_store,
+)
 from nscfate.errors import NscfateError
 
 
@@ -36,24 +43,25 @@ def generate_synthetic_store(
 ) -> DatasetStore:
     """Generate a synthetic dataset and write it as a store at ``out``.
 
-    With ``reuse_existing`` a store that another process finished at ``out`` meanwhile is opened
-    instead (several sweep workers may start on a fresh machine at once).
+    With ``reuse_existing`` a store at ``out`` is opened instead, after waiting for a process that
+    is writing it (several sweep workers may start on a fresh machine at once); without it, another
+    writer of ``out`` is a one-line error.
     """
     from nscfate.data.synthetic import GENERATOR_VERSION, generate
 
     synth = synth_settings(settings)
-    images, index = generate(synth, progress=progress)
-    provenance = {
-        "generator": "nscfate.data.synthetic",
-        "generator_version": GENERATOR_VERSION,
-        "settings": asdict(synth),
-    }
-    try:
-        return write_store(out, images, index, provenance, synth.white_level(), overwrite=overwrite)
-    except NscfateError:
-        if reuse_existing and (out / "dataset.json").is_file():
+    # Sweep workers starting together wait for the first to finish, then reuse its store.
+    with store_lock(out, wait=reuse_existing):
+        if reuse_existing and is_store(out):
             return open_store(out)
-        raise
+        check_out(out, overwrite)
+        images, index = generate(synth, progress=progress)
+        provenance = {
+            "generator": "nscfate.data.synthetic",
+            "generator_version": GENERATOR_VERSION,
+            "settings": asdict(synth),
+        }
+        return write_store(out, images, index, provenance, synth.white_level(), overwrite=overwrite)
 
 
 def synth_settings(settings: Mapping[str, Any]) -> Any:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from nscfate.data.imageio import fit_to_size, is_image, read_grey
 from nscfate.data.schema import CLASSES, CONTROL, canonical_label
-from nscfate.data.store import DatasetStore, write_store
+from nscfate.data.store import DatasetStore, check_out, store_lock, write_store
 from nscfate.errors import NscfateError
 
 FORMATS: tuple[str, ...] = ("folder", "csv", "ideas")
@@ -199,6 +199,33 @@ def ingest(
         raise NscfateError(f"--format csv needs a manifest file, but {src} is a directory")
     if fmt != "csv" and not src.is_dir():
         raise NscfateError(f"--format {fmt} needs a directory, but {src} is a file")
+    _check_out_outside(src, out)
+    check_out(out, overwrite)
+    with store_lock(out):
+        return _ingest(src, out, fmt, size, skip_bad, overwrite, progress, scan_options)
+
+
+def _check_out_outside(src: Path, out: Path) -> None:
+    """``--out`` is never the source, a folder inside it, or a folder that holds it."""
+    s, o = src.resolve(), out.resolve()
+    if o == s or s in o.parents or o in s.parents:
+        where = "is" if o == s else "is inside" if s in o.parents else "holds"
+        raise NscfateError(
+            f"--out {out} {where} the source {src}: choose a folder outside the source (nothing "
+            "was written or deleted)"
+        )
+
+
+def _ingest(
+    src: Path,
+    out: Path,
+    fmt: str,
+    size: tuple[int, int] | None,
+    skip_bad: bool,
+    overwrite: bool,
+    progress: bool,
+    scan_options: dict,
+) -> tuple[DatasetStore, IngestReport]:
     records = SCANNERS[fmt](src, **scan_options)
     if not records:
         raise NscfateError(

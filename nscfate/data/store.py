@@ -7,12 +7,16 @@ A store is a directory holding
 - ``dataset.json`` shape, dtype, white level, class counts, days, conditions, provenance and a
   content digest (SHA-256 of the image bytes and the index table).
 
-A store is written into a temporary sibling directory and renamed into place at the end, so a failed
-write never leaves a half dataset behind.
+A store is written into a temporary sibling directory, flushed to disk, and swapped into place in
+one atomic step, so a failed or killed write leaves the old store or the new one, never neither and
+never half of one. Only a dataset store is ever replaced (``--overwrite``), and one process at a time
+writes a given store (``store_lock``).
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -29,6 +33,7 @@ import pandas as pd
 
 from nscfate.data.schema import CLASSES, REQUIRED_COLUMNS
 from nscfate.errors import NscfateError
+from nscfate.files import file_lock, fsync_path
 
 IMAGES = "images.npy"
 INDEX = "index.csv"
@@ -92,7 +97,64 @@ def open_store(path: str | os.PathLike) -> DatasetStore:
             f"{path} is inconsistent: images {shape}, index {len(store.index)} rows, "
             f"dataset.json shape {store.meta['shape']}"
         )
+    if str(store.images.dtype) != store.meta.get("dtype"):
+        raise NscfateError(
+            f"{path} is inconsistent: images are {store.images.dtype}, dataset.json says dtype "
+            f"{store.meta.get('dtype')}"
+        )
     return store
+
+
+def verify_store(path: str | os.PathLike) -> DatasetStore:
+    """Open a store and recompute its content digest; a mismatch is an error (changed or damaged)."""
+    store = open_store(path)
+    actual = content_digest(np.asarray(store.images), (store.path / INDEX).read_bytes())
+    if actual != store.digest:
+        raise NscfateError(
+            f"{store.path}: digest mismatch: dataset.json says {store.digest[:16]}, the content "
+            f"hashes to {actual[:16]} (the store was changed or damaged since it was written)"
+        )
+    return store
+
+
+def is_store(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a dataset store: a directory whose ``dataset.json`` nscfate wrote."""
+    try:
+        meta = json.loads((Path(path) / META).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and {"digest", "format_version", "shape"} <= set(meta)
+
+
+def check_out(out: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse an ``--out`` that exists (unless ``overwrite``) or that is not a store to replace."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not overwrite:
+        raise NscfateError(
+            f"output {out} already exists (choose another --out or pass --overwrite)"
+        )
+    if not is_store(out):
+        raise NscfateError(
+            f"--overwrite replaces only a dataset store, and {out} is not a dataset store (no valid "
+            f"{META}): nothing was deleted"
+        )
+
+
+@contextmanager
+def store_lock(out: str | os.PathLike, wait: bool = False) -> Iterator[None]:
+    """Be the one process writing the store ``out`` (a lock file beside it). Without ``wait``,
+    another writer is a one-line error at once."""
+    out = Path(out)
+    lock = out.with_name(f".{out.name}.lock")
+    try:
+        with file_lock(lock, wait=wait):
+            yield
+    except BlockingIOError:
+        raise NscfateError(
+            f"another process is writing {out}: wait for it to finish or choose another --out"
+        ) from None
 
 
 def read_index(path: Path) -> pd.DataFrame:
@@ -152,10 +214,7 @@ def write_store(
     """
     out = Path(out)
     _validate(images, index, out)
-    if out.exists() and not overwrite:
-        raise NscfateError(
-            f"output {out} already exists (choose another --out or pass --overwrite)"
-        )
+    check_out(out, overwrite)
     white = int(white_level or _DTYPES[str(images.dtype)])
     index = _ordered(index)
     index_csv = index.to_csv(index=False, lineterminator="\n").encode()
@@ -170,7 +229,11 @@ def write_store(
         np.save(tmp / IMAGES, np.ascontiguousarray(images))
         (tmp / INDEX).write_bytes(index_csv)
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
+        for name in (IMAGES, INDEX, META, "."):  # durable before it becomes the store
+            fsync_path(tmp / name)
+        check_out(out, overwrite)  # again: another process may have written out meanwhile
         _replace_dir(tmp, out)
+        fsync_path(out.parent)
     return open_store(out)
 
 
@@ -214,15 +277,29 @@ def _staging_dir(out: Path) -> Iterator[Path]:
 
 
 def _replace_dir(new: Path, out: Path) -> None:
-    """Move ``new`` to ``out``; an existing ``out`` is moved aside first and removed only after."""
+    """Put ``new`` at ``out`` in one atomic step; an existing ``out`` ends up at ``new`` (which the
+    staging context then removes). A crash at any moment leaves the old or the new store at ``out``."""
     if not out.exists():
-        os.rename(new, out)
+        try:
+            os.rename(new, out)
+        except OSError as err:  # someone created out since check_out: never merge into it
+            raise NscfateError(f"another process wrote {out} meanwhile: nothing replaced") from err
         return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    os.rename(out, old)
-    try:
-        os.rename(new, out)
-    except OSError:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    _exchange(new, out)
+
+
+#: renameat2(2) flag that swaps two paths atomically (Linux >= 3.15).
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two directories in one step (Linux ``renameat2(RENAME_EXCHANGE)``)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        raise NscfateError(f"cannot replace {b} atomically on this system (no renameat2)")
+    done = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if done != 0:
+        code = ctypes.get_errno()
+        raise NscfateError(f"cannot replace {b} atomically: {errno.errorcode.get(code, code)}")

@@ -13,7 +13,6 @@ together finish exactly ``n_trials``.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import socket
@@ -27,6 +26,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from nscfate.errors import NscfateError
+from nscfate.files import file_lock
 
 HEARTBEAT_SECONDS = 10
 GRACE_SECONDS = 30
@@ -91,14 +91,8 @@ def storage_lock(url: str, study_name: str) -> Iterator[None]:
         # MySQL and others: no cross-process lock; counts may overshoot by a trial per worker.
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock_file = path.with_name(f"{path.name}.{_key(study_name)}.lock")
-    with open(lock_file, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock(path.with_name(f"{path.name}.{_key(study_name)}.lock")):
+        yield
 
 
 def has_lock(url: str) -> bool:
