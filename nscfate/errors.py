@@ -2,7 +2,15 @@
 
 
 class NscfateError(Exception):
-    """A user-facing error: the message names the file, key or value and what was expected."""
+    """A user-facing error: the message names the file, key or value and what was expected.
+
+    A secret in a URI the message quotes is masked (``postgresql://user:***@db``).
+    """
+
+    def __init__(self, message: str) -> None:
+        from nscfate.redact import redact
+
+        super().__init__(redact(str(message)))
 
 
 def user_error_in(err: BaseException) -> NscfateError | None:

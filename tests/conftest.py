@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,36 @@ def nonsquare_stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
         synthetic_ideas_export(root / f"export-{name}", cells_per_group=12, **shape)
         stores[name] = ingest(root / f"export-{name}", root / f"store-{name}", fmt="ideas")[0].path
     return stores
+
+
+@pytest.fixture
+def postgres_db():
+    """Make fresh PostgreSQL databases on the server at NSCFATE_TEST_POSTGRES (CI sets it); each
+    call returns a new database's URL; all are dropped afterwards."""
+    url = os.environ.get("NSCFATE_TEST_POSTGRES")
+    if not url:
+        pytest.skip("NSCFATE_TEST_POSTGRES is not set (CI sets it)")
+    import sqlalchemy
+
+    admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(f"nscfate_test_{uuid.uuid4().hex[:8]}")
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"CREATE DATABASE {made[-1]}"))
+        return url.rsplit("/", 1)[0] + f"/{made[-1]}"
+
+    yield make
+    with admin.connect() as conn:
+        for name in made:
+            conn.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+def postgres_url(postgres_db) -> str:
+    """One fresh PostgreSQL database (see ``postgres_db``)."""
+    return postgres_db()
 
 
 @pytest.fixture(scope="session")

@@ -295,22 +295,6 @@ def test_two_workers_share_a_journal_study(tmp_path, data_dir):
     _assert_exact_grid(study, tmp_path)
 
 
-@pytest.fixture
-def postgres_url():
-    url = os.environ.get("NSCFATE_TEST_POSTGRES")
-    if not url:
-        pytest.skip("NSCFATE_TEST_POSTGRES is not set (CI sets it)")
-    import sqlalchemy
-
-    name = f"nscfate_test_{uuid.uuid4().hex[:8]}"
-    admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
-    yield url.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-
-
 @pytest.mark.postgres
 def test_two_workers_share_a_postgres_study(tmp_path, data_dir, postgres_url):
     study = _two_workers(tmp_path, data_dir, "pg", postgres_url)

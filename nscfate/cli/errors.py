@@ -9,6 +9,7 @@ from functools import wraps
 from typing import Any
 
 from nscfate.errors import user_error_in
+from nscfate.redact import redact, redact_hydra_outputs, redact_logs
 
 
 def friendly_errors(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -20,6 +21,8 @@ def friendly_errors(prog: str) -> Callable[[Callable[..., Any]], Callable[..., A
     def wrap(main: Callable[..., Any]) -> Callable[..., Any]:
         @wraps(main)
         def run(*args: Any, **kwargs: Any) -> Any:
+            redact_logs()  # no password in a URI setting reaches a log, the terminal or a file
+            redact_hydra_outputs()
             try:
                 return main(*args, **kwargs)
             except KeyboardInterrupt:
@@ -41,5 +44,5 @@ def one_line(err: BaseException) -> str:
     inside ``instantiate``), else the exception's type and first line."""
     if (ours := user_error_in(err)) is not None:
         return str(ours)
-    first = (str(err).strip().splitlines() or [""])[0]
+    first = redact((str(err).strip().splitlines() or [""])[0])
     return f"{type(err).__name__}: {first} (NSCFATE_DEBUG=1 shows the traceback)"

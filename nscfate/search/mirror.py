@@ -12,6 +12,7 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from nscfate.redact import redact
 from nscfate.search.storage import standing_trials
 
 ROLE, STUDY = "nscfate.role", "nscfate.study"
@@ -38,7 +39,11 @@ def find_or_create_parent(
         run = client.create_run(
             experiment_id,
             run_name=study.study_name,
-            tags={ROLE: "study", STUDY: study.study_name, "nscfate.optuna_storage": storage},
+            tags={
+                ROLE: "study",
+                STUDY: study.study_name,
+                "nscfate.optuna_storage": redact(storage),
+            },
         )
         run_id = run.info.run_id
     study.set_user_attr("mlflow_parent_run_id", run_id)

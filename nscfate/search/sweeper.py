@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 
 from nscfate.errors import NscfateError
 from nscfate.files import atomic_write
+from nscfate.redact import redact, redact_logs
 from nscfate.search import trial as trials
 from nscfate.search.mirror import find_or_create_parent, finish_parent, study_summary
 from nscfate.search.space import SearchSpace, parse_space
@@ -64,6 +65,7 @@ class OptunaSweeper:
 
     def sweep(self, arguments: list[str]) -> dict:
         """Run this worker's share of the study; returns (and writes) the study summary."""
+        redact_logs()  # Hydra's launcher logs each job's overrides, a tracking.uri included
         search = self._search_config()
         space = parse_space([*(f"{k}={v}" for k, v in (search.params or {}).items()), *arguments])
         self._validate(space)
@@ -171,7 +173,7 @@ class OptunaSweeper:
         study: optuna.Study, trial: optuna.Trial, outcome: trials.TrialOutcome, metric: str
     ) -> None:
         if outcome.state == TrialState.FAIL:
-            trial.set_user_attr("error", (outcome.error or "")[:1000])
+            trial.set_user_attr("error", redact(outcome.error or "")[:1000])
             log.warning("trial %d failed: %s", trial.number, outcome.error)
         if outcome.warnings:
             trial.set_user_attr("warnings", outcome.warnings)
@@ -202,7 +204,7 @@ class OptunaSweeper:
     ) -> dict:
         summary = study_summary(study)
         summary |= {
-            "storage": search.storage,
+            "storage": redact(search.storage),
             "metric": search.metric,
             "n_trials": int(search.n_trials),
             "mlflow_parent_run_id": parent,

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
 from nscfate.errors import user_error_in
+from nscfate.redact import redact
 from nscfate.search.mirror import child_tags
 from nscfate.tracking.run import tracked_train
 from nscfate.training.module import FIT_METRICS
@@ -107,7 +108,7 @@ def run_trial(cfg: DictConfig, ctx: TrialContext) -> TrialOutcome:
             MlflowClient(cfg.tracking.uri).set_tag(run_ids[0], "optuna.state", "PRUNED")
         return TrialOutcome(TrialState.PRUNED)
     except Exception as err:  # a failing trial is recorded, the sweep goes on
-        error = str(user_error_in(err) or f"{type(err).__name__}: {err}")
+        error = redact(str(user_error_in(err) or f"{type(err).__name__}: {err}"))
         return TrialOutcome(TrialState.FAIL, error=error)
     value = result.metrics.get(ctx.metric)
     if value is None or not math.isfinite(value):

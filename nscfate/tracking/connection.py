@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from nscfate.errors import NscfateError
 from nscfate.paths import REPO_ROOT
+from nscfate.redact import has_secret
 
 # Fail fast instead of MLflow's default minutes of retries against a dead server.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -65,6 +66,8 @@ def connect(uri: str, experiment: str, artifact_location: str | None = None) -> 
     repository's mlruns/artifacts) so artifacts never land in the current directory.
     """
     check_reachable(uri)
+    if has_secret(uri):  # MLflow prints a server's run URL, credentials and all
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from nscfate.data.preview import contact_sheet
 from nscfate.errors import NscfateError
 from nscfate.paths import REPO_ROOT
+from nscfate.redact import redact, redact_values
 from nscfate.tracking.connection import connect
 from nscfate.tracking.pyfunc import log_fate_model
 from nscfate.training import plots
@@ -80,7 +81,10 @@ def tracked_train(
         if on_run_started:
             on_run_started(run_id)
         log.info(
-            "MLflow run %s in experiment %s (%s)", run_id, cfg.tracking.experiment, cfg.tracking.uri
+            "MLflow run %s in experiment %s (%s)",
+            run_id,
+            cfg.tracking.experiment,
+            redact(cfg.tracking.uri),
         )
         log_config(cfg)
         logger = MLFlowLogger(
@@ -134,7 +138,7 @@ def flatten(node: Any, prefix: str = "") -> dict[str, str]:
 
 def log_config(cfg: DictConfig) -> None:
     """The resolved config as params and as ``config.yaml``."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = redact_values(OmegaConf.to_container(cfg, resolve=True))
     mlflow.log_params(flatten(resolved))
     mlflow.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
 

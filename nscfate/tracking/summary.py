@@ -10,6 +10,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from nscfate.data.schema import CLASSES
+from nscfate.redact import redact
 
 
 def ui_command(uri: str) -> str:
@@ -62,10 +63,9 @@ def print_summary(cfg: DictConfig, result) -> None:
         f" | objective {cfg.objective} = {result.objective:.4f}"
     )
     print_warnings(console, result.warnings)
-    console.print(
-        f"MLflow run {result.run_id} in experiment '{cfg.tracking.experiment}' ({cfg.tracking.uri})"
-    )
-    console.print(f"Open the MLflow UI: {ui_command(cfg.tracking.uri)}  (or: make ui)")
+    uri = redact(cfg.tracking.uri)
+    console.print(f"MLflow run {result.run_id} in experiment '{cfg.tracking.experiment}' ({uri})")
+    console.print(f"Open the MLflow UI: {ui_command(uri)}  (or: make ui)")
 
 
 def print_warnings(console: Console, warnings) -> None:  # noqa: ANN001

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nscfate.data.splits import TRAIN, VAL
 from nscfate.errors import NscfateError, user_error_in
+from nscfate.redact import redact_values
 from nscfate.training.evaluate import TEST_METRICS, evaluate, is_known_metric
 from nscfate.training.health import check_run
 from nscfate.training.module import FIT_METRICS, FateClassifier
@@ -107,7 +108,7 @@ def train(
 
     log.info("Instantiating model <%s>", cfg.model.name)
     module = build_module(cfg)
-    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    module.run_config = redact_values(OmegaConf.to_container(cfg, resolve=True))
     all_callbacks = [*instantiate_callbacks(cfg.get("callbacks"), logger is not None), *callbacks]
     trainer: L.Trainer = build(cfg.trainer, callbacks=all_callbacks, logger=logger or False)
 
