@@ -26,7 +26,9 @@ pytestmark = pytest.mark.timeout(900)
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory, data_dir):
-    """Two finished runs on one data set and split (a weak and a better one) and one on another split."""
+    """Two finished runs on one data set and split (a weak and a better one), one on another split,
+    and nscfate@champion (the better one)."""
+    from nscfate.tracking.registry import candidate_from_run, promote
     from nscfate.tracking.run import tracked_train
 
     tmp = tmp_path_factory.mktemp("registry")
@@ -48,6 +50,9 @@ def registry(tmp_path_factory, data_dir):
         compose_train(tmp, data_dir, data, "trainer.max_epochs=1", "data.split.seed=7")
     )
     uri = f"sqlite:///{tmp}/mlflow.db"
+    client = MlflowClient(uri)
+    # The champion the predict and serve tests use; the gate tests use registered models of their own.
+    promote(client, "nscfate", candidate_from_run(client, good.run_id), "test/f1_macro", 0.0, False)
     return {"tmp": tmp, "uri": uri, "weak": weak.run_id, "good": good.run_id, "other": other.run_id}
 
 
@@ -61,89 +66,147 @@ def cli(
     return proc
 
 
-def aliases(uri: str) -> dict[str, str]:
-    return {k: str(v) for k, v in MlflowClient(uri).get_registered_model("nscfate").aliases.items()}
+def _promote(registry, name: str, run: str, metric: str = "test/f1_macro", **kwargs):
+    from nscfate.tracking.registry import candidate_from_run, promote
+
+    client = MlflowClient(registry["uri"])
+    candidate = candidate_from_run(client, registry[run])
+    return promote(client, name, candidate, metric, kwargs.pop("min_delta", 0.0), False, **kwargs)
+
+
+def versions(uri: str, name: str) -> int:
+    return len(MlflowClient(uri).search_model_versions(f"name='{name}'"))
+
+
+def aliases(uri: str, name: str = "nscfate") -> dict[str, str]:
+    return {k: str(v) for k, v in MlflowClient(uri).get_registered_model(name).aliases.items()}
 
 
 def test_promotion_gate_and_alias_bookkeeping(registry):
-    from nscfate.tracking.registry import candidate_from_run, promote
-
     uri, client = registry["uri"], MlflowClient(registry["uri"])
-    first = promote(
-        client, "nscfate", candidate_from_run(client, registry["weak"]), "test/f1_macro", 0.0, False
-    )
+    first = _promote(registry, "gate", "weak")
     assert first.promoted and first.reason == "no champion yet"
-    assert aliases(uri) == {"champion": "1", "challenger": "1"}
+    assert aliases(uri, "gate") == {"champion": "1", "challenger": "1"}
 
-    better = promote(
-        client, "nscfate", candidate_from_run(client, registry["good"]), "test/f1_macro", 0.0, False
-    )
+    better = _promote(registry, "gate", "good")
     assert (
         better.challenger_metrics["test/f1_macro"] > better.champion_metrics["test/f1_macro"] + 0.05
     )
-    assert better.promoted and aliases(uri) == {"champion": "2", "challenger": "2"}
-    v2 = client.get_model_version("nscfate", "2").tags
+    assert better.promoted and aliases(uri, "gate") == {"champion": "2", "challenger": "2"}
+    v2 = client.get_model_version("gate", "2").tags
     assert v2["nscfate.compared_with"] == "v1" and v2["nscfate.decision"].startswith(
         "promoted to champion"
     )
     assert float(v2["nscfate.test/f1_macro"]) == pytest.approx(
         better.challenger_metrics["test/f1_macro"], abs=1e-6
     )
-    assert (
-        "dethroned by v2" in client.get_model_version("nscfate", "1").tags["nscfate.last_challenge"]
-    )
+    assert "dethroned by v2" in client.get_model_version("gate", "1").tags["nscfate.last_challenge"]
 
-    worse = promote(
-        client, "nscfate", candidate_from_run(client, registry["weak"]), "test/f1_macro", 0.0, False
-    )
-    assert not worse.promoted and aliases(uri) == {"champion": "2", "challenger": "3"}
-    assert (
-        client.get_model_version("nscfate", "3").tags["nscfate.decision"].startswith("not promoted")
-    )
+    worse = _promote(registry, "gate", "weak")  # scored first, refused: no version at all
+    assert not worse.promoted and worse.challenger is None
+    assert versions(uri, "gate") == 2 and aliases(uri, "gate") == {
+        "champion": "2",
+        "challenger": "2",
+    }
+    defended = client.get_model_version("gate", "2").tags["nscfate.last_challenge"]
+    assert defended.startswith(f"defended against run {registry['weak']}")
 
     forced = cli(
         "nscfate-promote",
         f"run_id={registry['weak']}",
         f"tracking.uri={uri}",
+        "promote.model_name=gate",
         "--force",
         f"hydra.run.dir={registry['tmp']}/promote",
     )
-    assert "PROMOTED" in forced.stdout and "challenger v4" in forced.stdout
-    assert aliases(uri) == {"champion": "4", "challenger": "4"}
+    assert "PROMOTED: gate v3 is champion" in forced.stdout
+    assert aliases(uri, "gate") == {"champion": "3", "challenger": "3"}
     assert (
-        client.get_model_version("nscfate", "4").tags["nscfate.decision"]
+        client.get_model_version("gate", "3").tags["nscfate.decision"]
         == "promoted to champion: forced"
     )
 
 
 def test_min_delta_keeps_the_champion(registry):
-    from nscfate.tracking.registry import candidate_from_run, promote
-
-    client = MlflowClient(registry["uri"])
-    before = aliases(registry["uri"])["champion"]
-    d = promote(
-        client, "nscfate", candidate_from_run(client, registry["good"]), "test/f1_macro", 2.0, False
-    )
-    assert not d.promoted and aliases(registry["uri"])["champion"] == before
+    _promote(registry, "delta", "good")
+    again = _promote(registry, "delta", "good", min_delta=2.0)
+    assert not again.promoted and versions(registry["uri"], "delta") == 1
 
 
 def test_other_split_is_refused_before_registering(registry):
-    from nscfate.tracking.registry import candidate_from_run, promote
+    _promote(registry, "split", "good")
+    with pytest.raises(NscfateError, match="not comparable"):
+        _promote(registry, "split", "other")
+    assert versions(registry["uri"], "split") == 1  # nothing half-registered
+
+
+@pytest.mark.parametrize("direction", [None, "maximize"])
+def test_calibration_error_is_better_lower(registry, direction):
+    name = f"ece-{direction}"
+    _promote(registry, name, "weak", metric="test/ece", direction=direction)
+    d = _promote(registry, name, "good", metric="test/ece", direction=direction)
+    mine, theirs = d.challenger_metrics["test/ece"], d.champion_metrics["test/ece"]
+    assert mine != theirs and d.direction == (direction or "minimize")
+    assert d.promoted == (mine < theirs if direction is None else mine > theirs)
+    assert versions(registry["uri"], name) == 1 + d.promoted
+
+
+def test_the_gate_fails_closed_when_the_champion_cannot_be_scored(registry, tmp_path):
+    import mlflow
+
+    champion = _promote(registry, "closed", "weak").challenger
+    model_id = champion.source.removeprefix("models:/")
+    mlflow.set_tracking_uri(registry["uri"])
+    location = Path(mlflow.get_logged_model(model_id).artifact_location.removeprefix("file://"))
+    hidden = tmp_path / "hidden"
+    location.rename(hidden)  # the champion's files are gone: it cannot be scored
+    try:
+        with pytest.raises(NscfateError, match="does not resolve|cannot score"):
+            _promote(registry, "closed", "good")
+    finally:
+        hidden.rename(location)
+    assert versions(registry["uri"], "closed") == 1 and aliases(registry["uri"], "closed") == {
+        "champion": "1",
+        "challenger": "1",
+    }
+
+
+def test_an_unreadable_registry_is_not_an_empty_one(registry, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    from nscfate.tracking.registry import current_champion
 
     client = MlflowClient(registry["uri"])
-    versions = len(client.search_model_versions("name='nscfate'"))
-    with pytest.raises(NscfateError, match="not comparable"):
-        promote(
-            client,
-            "nscfate",
-            candidate_from_run(client, registry["other"]),
-            "test/f1_macro",
-            0.0,
-            False,
-        )
-    assert (
-        len(client.search_model_versions("name='nscfate'")) == versions
-    )  # nothing half-registered
+    assert current_champion(client, "no-such-model") is None  # truly none: the candidate may win
+
+    def broken(*args, **kwargs):
+        raise MlflowException("database is locked", error_code="INTERNAL_ERROR")
+
+    monkeypatch.setattr(client, "get_registered_model", broken)
+    with pytest.raises(NscfateError, match="cannot read the champion of 'nscfate'"):
+        current_champion(client, "nscfate")
+
+
+def test_the_split_is_taken_by_cell_identity(registry, tmp_path):
+    import dataclasses
+    import shutil
+
+    from nscfate.tracking.registry import candidate_from_run, test_split_crops
+
+    candidate = candidate_from_run(MlflowClient(registry["uri"]), registry["good"])
+    _, expected = test_split_crops(candidate)
+    copy = tmp_path / "store"
+    shutil.copytree(candidate.dataset_path, copy)
+    moved = dataclasses.replace(candidate, dataset_path=str(copy))
+    split_file = copy / "splits" / f"{candidate.split_digest[:16]}.csv"
+    table = pd.read_csv(split_file, keep_default_na=False)
+    table.sample(frac=1.0, random_state=0).to_csv(split_file, index=False)  # rows reordered
+    _, cells = test_split_crops(moved)
+    assert cells["source"].tolist() == expected["source"].tolist()
+    table.loc[table["split"] == "train", "split"] = "test"  # a different split under the same name
+    table.to_csv(split_file, index=False)
+    with pytest.raises(NscfateError, match="does not give the run's split digest"):
+        test_split_crops(moved)
 
 
 def test_predict_real_crops_with_champion(registry, tmp_path, sample_pngs):

@@ -37,7 +37,9 @@ def pick_candidate(cfg: DictConfig, client):  # noqa: ANN001, ANN201
     if cfg.run_id:
         return candidate_from_run(client, cfg.run_id)
     if cfg.promote.experiment:
-        return best_run_of_experiment(client, cfg.promote.experiment, cfg.promote.metric)
+        return best_run_of_experiment(
+            client, cfg.promote.experiment, cfg.promote.metric, cfg.promote.get("direction")
+        )
     from nscfate.search.best import best_trial_run
 
     run_id, origin = best_trial_run(cfg.search.study, cfg.search.storage)
@@ -64,6 +66,7 @@ def app(cfg: DictConfig) -> None:
         cfg.promote.metric,
         float(cfg.promote.min_delta),
         bool(cfg.promote.force),
+        cfg.promote.get("direction"),
     )
     print_promotion(cfg.promote.model_name, candidate, decision)
 

@@ -99,21 +99,25 @@ def print_fractions(fractions) -> None:  # noqa: ANN001
 
 
 def print_promotion(name: str, candidate, decision) -> None:  # noqa: ANN001
-    """Side-by-side test metrics of challenger and champion, and the decision."""
+    """Side-by-side test metrics of the candidate and the champion, and the decision."""
     console = Console(width=110)
     before = decision.champion_before
+    mine = f"candidate (run {candidate.run_id[:8]})"
+    theirs = f"champion v{before.version}" if before else "champion"
     table = Table(
-        title=f"{name}: challenger v{decision.challenger.version} vs "
-        + (f"champion v{before.version}" if before else "no champion"),
-        title_justify="left",
+        title=f"{name}: {mine} vs {theirs if before else 'no champion'}", title_justify="left"
     )
     table.add_column("metric (same test split)")
-    table.add_column(f"challenger v{decision.challenger.version}", justify="right")
-    table.add_column(f"champion v{before.version}" if before else "champion", justify="right")
+    table.add_column(mine, justify="right")
+    table.add_column(theirs, justify="right")
     for key, value in decision.challenger_metrics.items():
-        theirs = decision.champion_metrics.get(key)
-        mark = " *" if key == decision.metric else ""
-        table.add_row(key + mark, f"{value:.4f}", "-" if theirs is None else f"{theirs:.4f}")
+        other = decision.champion_metrics.get(key)
+        mark = f" * ({'lower' if decision.direction == 'minimize' else 'higher'} wins)"
+        table.add_row(
+            key + (mark if key == decision.metric else ""),
+            f"{value:.4f}",
+            "-" if other is None else f"{other:.4f}",
+        )
     console.print(table)
     origin = (
         candidate.origin
@@ -121,9 +125,10 @@ def print_promotion(name: str, candidate, decision) -> None:  # noqa: ANN001
         else f"{candidate.origin} (run {candidate.run_id})"
     )
     console.print(f"candidate: {origin}")
-    verdict = (
-        f"PROMOTED: champion -> v{decision.challenger.version}"
-        if decision.promoted
-        else "NOT promoted"
-    )
-    console.print(f"{verdict} ({decision.reason}); challenger -> v{decision.challenger.version}")
+    if decision.promoted:
+        version = decision.challenger.version
+        console.print(
+            f"PROMOTED: {name} v{version} is champion (and challenger) ({decision.reason})"
+        )
+    else:
+        console.print(f"NOT promoted, nothing registered ({decision.reason})")
