@@ -20,7 +20,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from nscfate.search.storage import claim, open_storage, recover_dead_trials
+from nscfate.search.storage import claim, open_storage, recover_dead_trials, standing_trials
 
 from .conftest import TINY_DATA, console_script
 
@@ -28,6 +28,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.timeout(900)
 
 TINY = [*TINY_DATA, "trainer.log_every_n_steps=1", "~callbacks.early_stopping"]
+#: Short heartbeats, so a killed worker's trial is found stale within seconds.
+FAST_HEARTBEAT = ["search.heartbeat_interval=2", "search.grace_period=6"]
 
 
 def sweep_cmd(
@@ -138,6 +140,7 @@ def test_sweep_resumes_to_the_total_and_mirrors_in_mlflow(tmp_path, data_dir):
 def test_killed_sweep_resumes_without_losing_or_duplicating_trials(tmp_path, data_dir):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     space = ["optimizer.lr=choice(0.001,0.002,0.003)", "search.sampler=grid", "search.pruner=none"]
+    space += FAST_HEARTBEAT  # the killed worker's trial is stale within seconds
     cmd = sweep_cmd(tmp_path, data_dir, "killed", storage, *space, "search.n_trials=3", epochs=4)
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -162,7 +165,7 @@ def test_killed_sweep_resumes_without_losing_or_duplicating_trials(tmp_path, dat
         0.003,
     ]  # none lost, none twice
     dead = [t for t in study.trials if t.state == TrialState.FAIL]
-    assert len(dead) == 1 and "died" in dead[0].user_attrs["error"]
+    assert len(dead) == 1 and dead[0].number == 1  # failed once its heartbeat went stale
     retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead[0].number]
     assert (
         len(retry) == 1
@@ -216,7 +219,9 @@ def test_failing_trials_are_isolated_and_nan_is_a_failure(tmp_path, data_dir):
         and "not a finite number" in states[(16, 1e12)].user_attrs["error"]
     )
     failed_runs = [r for r in runs_of(tmp_path, "failing") if r.info.status == "FAILED"]
-    assert len(failed_runs) >= 2
+    nan_run = states[(16, 1e12)].user_attrs["mlflow_run_id"]
+    assert nan_run in {r.info.run_id for r in failed_runs}  # a run that trained and failed
+    assert "mlflow_run_id" not in states[(0, 0.01)].user_attrs  # refused before any run opened
 
 
 def test_sweep_stops_when_too_many_trials_fail(tmp_path, data_dir):
@@ -258,49 +263,6 @@ def test_pruning_stops_a_clearly_bad_region_early(tmp_path, data_dir):
     assert all(r.data.tags.get("optuna.state") == "PRUNED" for r in killed.values())
 
 
-def _two_workers(tmp: Path, data_dir: Path, study: str, storage: str) -> optuna.Study:
-    space = [
-        "model=choice(small_cnn,mobilenetv3_small_100)",
-        "optimizer.lr=choice(0.001,0.003)",
-        "search.sampler=grid",
-        "search.pruner=none",
-        "search.n_trials=4",
-    ]
-    procs = [
-        subprocess.Popen(
-            sweep_cmd(tmp, data_dir, study, storage, *space),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    errors = [p.communicate(timeout=900)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], errors
-    return optuna.load_study(study_name=study, storage=open_storage(storage))
-
-
-def _assert_exact_grid(study: optuna.Study, tmp: Path) -> None:
-    assert len(study.trials) == 4 and all(t.state == TrialState.COMPLETE for t in study.trials)
-    combos = {(t.params["model"], t.params["optimizer.lr"]) for t in study.trials}
-    assert len(combos) == 4  # the whole grid, no duplicates
-    workers = {t.user_attrs["worker"] for t in study.trials}
-    assert len(workers) == 2  # both processes took trials
-    parents = [r for r in runs_of(tmp, study.study_name) if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # the last worker closed it
-
-
-def test_two_workers_share_a_journal_study(tmp_path, data_dir):
-    study = _two_workers(tmp_path, data_dir, "journal", f"journal://{tmp_path}/optuna.log")
-    _assert_exact_grid(study, tmp_path)
-
-
-@pytest.mark.postgres
-def test_two_workers_share_a_postgres_study(tmp_path, data_dir, postgres_url):
-    study = _two_workers(tmp_path, data_dir, "pg", postgres_url)
-    _assert_exact_grid(study, tmp_path)
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -331,3 +293,98 @@ def test_unreachable_storage_fails_before_any_trial(tmp_path, data_dir):
         in proc.stderr
     )
     assert runs_of(tmp_path, "bad") == []
+
+
+def _three_workers_one_killed(tmp: Path, data_dir: Path, study: str, storage: str) -> optuna.Study:
+    """Three workers on a continuous TPE space (more points than n_trials); one is SIGKILLed in the
+    middle of a trial; the two others must finish the study."""
+    space = [
+        "optimizer.lr=tag(log,interval(1e-4,1e-2))",
+        "search.sampler=tpe",
+        "search.pruner=none",
+        "search.n_startup_trials=2",
+        "search.n_trials=6",
+        *FAST_HEARTBEAT,
+    ]
+    cmd = sweep_cmd(tmp, data_dir, study, storage, *space, epochs=3)
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    victim = _wait_for_a_trial_in_its_second_epoch(study, storage, {p.pid for p in procs})
+    os.kill(victim, signal.SIGKILL)
+    errors = {p.pid: p.communicate(timeout=900)[1] for p in procs}
+    survivors = [p for p in procs if p.pid != victim]
+    assert [p.returncode for p in survivors] == [0, 0], [errors[p.pid][-2000:] for p in survivors]
+    return optuna.load_study(study_name=study, storage=open_storage(storage))
+
+
+def _wait_for_a_trial_in_its_second_epoch(study: str, storage: str, pids: set[int]) -> int:
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            trials = optuna.load_study(study_name=study, storage=open_storage(storage)).trials
+        except KeyError:
+            continue
+        for t in trials:
+            pid = int(str(t.user_attrs.get("worker", ":0")).rpartition(":")[2])
+            if t.state == TrialState.RUNNING and t.user_attrs.get("epochs", 0) >= 2 and pid in pids:
+                return pid
+    pytest.fail("no trial reached its second epoch")
+
+
+def _assert_exactly_n_trials(study: optuna.Study, tmp: Path, n: int) -> None:
+    standing = standing_trials(study)
+    assert len(standing) == n and all(t.state.is_finished() for t in standing)
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    values = [t.params["optimizer.lr"] for t in standing]
+    assert len(set(values)) == n  # no point run twice
+    assert len({t.user_attrs["worker"] for t in standing}) >= 2  # the survivors shared the work
+    retried = {
+        t.system_attrs["failed_trial"]: t for t in study.trials if "failed_trial" in t.system_attrs
+    }
+    dead = [t for t in study.trials if t.number in retried]
+    assert len(dead) == 1 and dead[0].state == TrialState.FAIL  # the killed worker's trial ...
+    assert retried[dead[0].number].params == dead[0].params  # ... re-run with its parameters
+    runs = runs_of(tmp, study.study_name)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    dead_run = {r.info.run_id: r for r in runs}[dead[0].user_attrs["mlflow_run_id"]]
+    assert dead_run.info.status in ("KILLED", "FAILED")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    by_run = {r.info.run_id: r for r in runs}
+    for t in standing:  # every finished trial has its run, with metrics and a model
+        run_ = by_run[t.user_attrs["mlflow_run_id"]]
+        assert run_.info.status == "FINISHED" and "test/f1_macro" in run_.data.metrics
+        assert "nscfate.model_uri" in run_.data.tags
+
+
+def test_three_workers_on_a_journal_survive_a_killed_one(tmp_path, data_dir):
+    storage = f"journal://{tmp_path}/optuna.log"
+    study = _three_workers_one_killed(tmp_path, data_dir, "journal3", storage)
+    _assert_exactly_n_trials(study, tmp_path, 6)
+
+
+@pytest.mark.postgres
+def test_three_workers_on_postgres_survive_a_killed_one(tmp_path, data_dir, postgres_url):
+    study = _three_workers_one_killed(tmp_path, data_dir, "pg3", postgres_url)
+    _assert_exactly_n_trials(study, tmp_path, 6)
+
+
+def test_a_worker_whose_trial_was_reaped_goes_on(tmp_path):
+    """A live worker whose heartbeat stalled (a long pause) finds its trial failed and re-queued
+    by another: its result is dropped, it does not crash, and the retry stands."""
+    from nscfate.search.sweeper import OptunaSweeper
+    from nscfate.search.trial import TrialOutcome
+
+    storage = open_storage(f"sqlite:///{tmp_path}/o.db", heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(study_name="reaped", storage=storage, direction="maximize")
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0.0, 1.0)})
+    claim(trial)
+    storage.record_heartbeat(trial._trial_id)
+    time.sleep(2.5)  # no beat for longer than the grace period
+    assert recover_dead_trials(study, locked=True) == [trial.number]  # another worker reaps it
+    OptunaSweeper._tell(study, trial, TrialOutcome(TrialState.COMPLETE, value=0.9), "val/acc")
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.FAIL, TrialState.WAITING]  # the retry is what counts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 from pathlib import Path
@@ -16,6 +17,7 @@ from nscfate.redact import redact
 from nscfate.search.storage import standing_trials
 
 ROLE, STUDY = "nscfate.role", "nscfate.study"
+log = logging.getLogger(__name__)
 
 
 def find_or_create_parent(
@@ -55,6 +57,20 @@ def _exists(client: MlflowClient, run_id: str) -> bool:
         return client.get_run(run_id).info.lifecycle_stage == "active"
     except mlflow.exceptions.MlflowException:
         return False
+
+
+def end_dead_runs(client: MlflowClient, study: optuna.Study, numbers: list[int]) -> None:
+    """End the MLflow runs of trials whose worker died (they would stay RUNNING forever) KILLED."""
+    for trial in study.get_trials(deepcopy=False):
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if trial.number not in numbers or not run_id:
+            continue
+        try:
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_tag(run_id, "nscfate.interrupted", "its worker died")
+                client.set_terminated(run_id, "KILLED")
+        except mlflow.exceptions.MlflowException as err:  # the run may never have been created
+            log.warning("could not end the run %s of dead trial %d: %s", run_id, trial.number, err)
 
 
 def child_tags(parent_run_id: str, study: optuna.Study, trial: optuna.Trial) -> dict[str, str]:

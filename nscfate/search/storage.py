@@ -1,10 +1,15 @@
 """Optuna storages by URL, a lock per storage, and exact trial accounting across workers.
 
 - ``sqlite:///<abs path>/optuna.db`` (default; never the MLflow database), ``postgresql://...``,
-  ``mysql://...``: RDBStorage with heartbeats, so trials of a killed worker become stale, fail and are
-  retried with the same parameters.
+  ``mysql://...``: RDBStorage with heartbeats. Liveness rests on them alone (a host name and a
+  process id say little across machines and containers): a trial whose worker stopped beating for
+  ``grace_period`` seconds is failed and retried with the same parameters.
 - ``journal:///<abs path>/optuna.log`` (or a path ending in ``.log``/``.journal``): Optuna's journal
-  file storage, safe on NFS; dead local workers are found by process id instead of heartbeat.
+  file storage, safe on NFS; it has no heartbeat, so dead workers on this host are found by
+  process id.
+
+Every worker looks for dead workers' trials each time it takes a trial, so a sweep recovers while it
+runs, not only when it is restarted.
 
 ``search.n_trials`` is the study's total: workers take a trial slot under a lock held on the storage
 (a file lock for SQLite and journal files, an advisory lock for PostgreSQL), so several processes
@@ -22,12 +27,14 @@ from pathlib import Path
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from nscfate.errors import NscfateError
 from nscfate.files import file_lock
 
+#: Defaults of search.heartbeat_interval and search.grace_period (seconds).
 HEARTBEAT_SECONDS = 10
 GRACE_SECONDS = 30
 #: A trial that a dead worker left behind is re-run with the same parameters at most this often.
@@ -44,8 +51,13 @@ def journal_path(url: str) -> Path | None:
     return None
 
 
-def open_storage(url: str) -> BaseStorage:
-    """An Optuna storage for ``url``, checked to be reachable (NscfateError naming the URL if not)."""
+def open_storage(
+    url: str, heartbeat_interval: int = HEARTBEAT_SECONDS, grace_period: int = GRACE_SECONDS
+) -> BaseStorage:
+    """An Optuna storage for ``url``, checked to be reachable (NscfateError naming the URL if not).
+
+    Database storages record a heartbeat every ``heartbeat_interval`` seconds while a trial runs; a
+    trial silent for ``grace_period`` seconds is stale."""
     if (path := journal_path(url)) is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,8 +81,8 @@ def open_storage(url: str) -> BaseStorage:
         return RDBStorage(
             url,
             engine_kwargs=engine_kwargs,
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
         )
     except Exception as err:
@@ -155,7 +167,8 @@ def counted_trials(study: optuna.Study) -> int:
 
 
 def recover_dead_trials(study: optuna.Study, locked: bool) -> list[int]:
-    """Fail and re-queue RUNNING trials whose worker is gone (heartbeat stale, or a dead local pid).
+    """Fail and re-queue RUNNING trials whose worker is gone: a stale heartbeat on database
+    storages, a dead process on this host for the journal file (which has no heartbeat).
 
     ``locked``: the caller holds ``storage_lock`` and workers ``claim`` trials under it, so a RUNNING
     trial nobody claimed belongs to a worker killed between ``ask`` and ``claim``.
@@ -163,11 +176,13 @@ def recover_dead_trials(study: optuna.Study, locked: bool) -> list[int]:
     """
     storage = study._storage
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    optuna.storages.fail_stale_trials(study)  # RDB heartbeats: any host
+    heartbeat = isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage)
+    if heartbeat:  # stale ones are failed and re-queued by the storage's own callback
+        optuna.storages.fail_stale_trials(study)
     retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         who = str(t.user_attrs.get("worker", ""))
-        if who and _died_here(who):
+        if who and not heartbeat and _died_here(who):
             error = f"worker {who} died"
         elif not who and locked:
             error = "its worker died between asking for it and starting it"

@@ -11,22 +11,25 @@ from omegaconf import DictConfig
 
 from nscfate.errors import NscfateError
 from nscfate.search.space import SearchSpace
-from nscfate.search.storage import open_storage
+from nscfate.search.storage import GRACE_SECONDS, HEARTBEAT_SECONDS, open_storage
 from nscfate.training.recipe import AUTO
 
 DIRECTIONS = ("maximize", "minimize")
 
 
-def _tpe(cfg: DictConfig, space: SearchSpace) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.n_startup_trials)
+def _tpe(cfg: DictConfig, space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
+    # constant_liar: trials running in other workers count as bad, so workers spread out
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=cfg.n_startup_trials, constant_liar=True
+    )
 
 
-def _random(cfg: DictConfig, space: SearchSpace) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.RandomSampler(seed=cfg.seed)
+def _random(cfg: DictConfig, space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
-def _gp(cfg: DictConfig, space: SearchSpace) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.GPSampler(seed=cfg.seed, n_startup_trials=cfg.n_startup_trials)
+def _gp(cfg: DictConfig, space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=cfg.n_startup_trials)
 
 
 class ExhaustibleGridSampler(optuna.samplers.GridSampler):
@@ -41,11 +44,11 @@ class ExhaustibleGridSampler(optuna.samplers.GridSampler):
         return not self._get_unvisited_grid_ids(study)
 
 
-def _grid(cfg: DictConfig, space: SearchSpace) -> optuna.samplers.BaseSampler:
-    return ExhaustibleGridSampler(space.grid(), seed=cfg.seed)
+def _grid(cfg: DictConfig, space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
+    return ExhaustibleGridSampler(space.grid(), seed=seed)
 
 
-SAMPLERS: dict[str, Callable[[DictConfig, SearchSpace], optuna.samplers.BaseSampler]] = {
+SAMPLERS: dict[str, Callable[[DictConfig, SearchSpace, int], optuna.samplers.BaseSampler]] = {
     "tpe": _tpe,
     "random": _random,
     "gp": _gp,
@@ -78,7 +81,8 @@ def study_name(search: DictConfig, space: SearchSpace, metric: str) -> str:
 def load_study(
     search: DictConfig, space: SearchSpace, name: str, max_epochs: int | str
 ) -> optuna.Study:
-    """Create the study, or load it if it exists (resume, or another worker)."""
+    """Create the study, or load it if it exists (resume, or another worker). Call it under the
+    storage lock: each worker that joins gets its own sampler seed."""
     if search.direction not in DIRECTIONS:
         raise NscfateError(f"search.direction={search.direction!r}: expected maximize or minimize")
     if search.sampler not in SAMPLERS:
@@ -91,15 +95,27 @@ def load_study(
         raise NscfateError(
             "the search space is empty: give e.g. 'model=choice(small_cnn,resnet18)' or search=<space>"
         )
-    storage = open_storage(search.storage)
+    storage = open_storage(
+        search.storage,
+        search.get("heartbeat_interval", HEARTBEAT_SECONDS),
+        search.get("grace_period", GRACE_SECONDS),
+    )
     try:
-        return optuna.create_study(
+        study = optuna.create_study(
             study_name=name,
             storage=storage,
-            sampler=SAMPLERS[search.sampler](search, space),
+            sampler=SAMPLERS[search.sampler](search, space, search.seed),
             pruner=PRUNERS[search.pruner](search, max_epochs),
             direction=search.direction,
             load_if_exists=True,
         )
     except ValueError as err:
         raise NscfateError(f"study {name!r} in {search.storage}: {err}") from err
+    # Workers that start together must not draw the same points: each one that joins the study
+    # (under the storage lock) seeds its sampler apart; the first keeps search.seed. Not the grid:
+    # its grid ids index a seed-shuffled grid, so every worker must shuffle it the same way.
+    joined = int(study.user_attrs.get("workers_joined", 0))
+    study.set_user_attr("workers_joined", joined + 1)
+    if joined and search.sampler != "grid":
+        study.sampler = SAMPLERS[search.sampler](search, space, search.seed + joined)
+    return study

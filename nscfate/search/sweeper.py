@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from hydra.core.utils import JobStatus
 from hydra.types import HydraContext, TaskFunction
 from mlflow import MlflowClient
 from omegaconf import DictConfig
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
@@ -28,7 +30,7 @@ from nscfate.errors import NscfateError
 from nscfate.files import atomic_write
 from nscfate.redact import redact, redact_logs
 from nscfate.search import trial as trials
-from nscfate.search.mirror import find_or_create_parent, finish_parent, study_summary
+from nscfate.search.mirror import end_dead_runs, find_or_create_parent, finish_parent, study_summary
 from nscfate.search.space import SearchSpace, parse_space
 from nscfate.search.storage import (
     claim,
@@ -45,6 +47,8 @@ from nscfate.training.train import check_objective
 
 log = logging.getLogger(__name__)
 SUMMARY_FILE = "sweep_summary.yaml"
+#: What ``_next_trial`` returns when the study is full but trials still run in other workers.
+WAIT = object()
 
 
 class OptunaSweeper:
@@ -80,10 +84,7 @@ class OptunaSweeper:
                 self.config.tracking.get("artifact_location"),
             )
             client = MlflowClient(self.config.tracking.uri)
-            recovered = recover_dead_trials(study, locked=has_lock(search.storage))
             parent = find_or_create_parent(client, experiment_id, study, search.storage)
-        if recovered:
-            log.warning("re-queued trials %s left running by a dead worker", recovered)
         client.update_run(parent, status="RUNNING")
         log.info(
             "study %r in %s: %d of %d trials done; MLflow parent run %s",
@@ -93,7 +94,7 @@ class OptunaSweeper:
             search.n_trials,
             parent,
         )
-        self._run_trials(study, space, search, parent)
+        self._run_trials(study, space, search, parent, client)
         return self._finish(study, search, client, parent)
 
     def _search_config(self) -> DictConfig:
@@ -128,23 +129,49 @@ class OptunaSweeper:
                 raise NscfateError(f"search space {' '.join(overrides)}: {first}") from err
 
     def _run_trials(
-        self, study: optuna.Study, space: SearchSpace, search: DictConfig, parent: str
+        self,
+        study: optuna.Study,
+        space: SearchSpace,
+        search: DictConfig,
+        parent: str,
+        client: MlflowClient,
     ) -> None:
+        """Take trials until the study has ``n_trials`` and none runs anywhere; each time, first
+        recover the trials of workers that died (they are re-queued and this worker may take them)."""
+        waiting = False
         while True:
             with storage_lock(search.storage, study.study_name):
-                if counted_trials(study) >= search.n_trials:
-                    return
-                if isinstance(study.sampler, ExhaustibleGridSampler) and study.sampler.exhausted(
-                    study
-                ):
-                    log.info("the grid is exhausted before search.n_trials=%d", search.n_trials)
-                    return
-                # Claimed under the lock, so recovery never mistakes a starting trial for a dead one.
-                trial = study.ask(space.distributions)
-                claim(trial)
+                recovered = recover_dead_trials(study, locked=has_lock(search.storage))
+                end_dead_runs(client, study, recovered)
+                trial = self._next_trial(study, space, search)
+            if recovered:
+                log.warning("re-queued trials %s left running by a dead worker", recovered)
+            if trial is None:
+                return
+            if trial is WAIT:  # the total is reached, but trials still run elsewhere: they may die
+                if not waiting:
+                    log.info("waiting for trials still running in other workers")
+                waiting = True
+                time.sleep(float(search.get("heartbeat_interval", 10)))
+                continue
+            waiting = False
             outcome = self._launch(trial, study, space, search, parent)
             self._tell(study, trial, outcome, search.metric)
             self._check_failures(study, search)
+
+    @staticmethod
+    def _next_trial(study: optuna.Study, space: SearchSpace, search: DictConfig) -> Any:
+        """A new claimed trial, WAIT, or None when this worker is done. Call under the lock."""
+        if counted_trials(study) >= search.n_trials:
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            return WAIT if running else None
+        if isinstance(study.sampler, ExhaustibleGridSampler) and study.sampler.exhausted(study):
+            log.info("the grid is exhausted before search.n_trials=%d", search.n_trials)
+            return None
+        # Claimed under the lock, so recovery never mistakes a starting trial for a dead one.
+        trial = study.ask(space.distributions)
+        claim(trial)
+        return trial
 
     def _launch(
         self,
@@ -172,6 +199,24 @@ class OptunaSweeper:
     def _tell(
         study: optuna.Study, trial: optuna.Trial, outcome: trials.TrialOutcome, metric: str
     ) -> None:
+        # Another worker may have found our heartbeat stale and re-queued the trial meanwhile.
+        reaped = study._storage.get_trial(trial._trial_id).state.is_finished()
+        try:
+            if not reaped:
+                OptunaSweeper._record(study, trial, outcome, metric)
+                return
+        except UpdateFinishedTrialError:
+            pass
+        log.warning(
+            "trial %d was failed by another worker meanwhile (its heartbeat went stale); this "
+            "result is dropped, its retry counts instead",
+            trial.number,
+        )
+
+    @staticmethod
+    def _record(
+        study: optuna.Study, trial: optuna.Trial, outcome: trials.TrialOutcome, metric: str
+    ) -> None:
         if outcome.state == TrialState.FAIL:
             trial.set_user_attr("error", redact(outcome.error or "")[:1000])
             log.warning("trial %d failed: %s", trial.number, outcome.error)
@@ -179,10 +224,10 @@ class OptunaSweeper:
             trial.set_user_attr("warnings", outcome.warnings)
             log.warning("trial %d: %s", trial.number, "; ".join(outcome.warnings.values()))
         if outcome.state == TrialState.COMPLETE:
-            study.tell(trial, outcome.value)
+            study.tell(trial, outcome.value, skip_if_finished=True)
             log.info("trial %d: %s = %.4f", trial.number, metric, outcome.value)
         else:
-            study.tell(trial, state=outcome.state)
+            study.tell(trial, state=outcome.state, skip_if_finished=True)
 
     @staticmethod
     def _check_failures(study: optuna.Study, search: DictConfig) -> None:
