@@ -388,3 +388,18 @@ def test_a_worker_whose_trial_was_reaped_goes_on(tmp_path):
     OptunaSweeper._tell(study, trial, TrialOutcome(TrialState.COMPLETE, value=0.9), "val/acc")
     states = [t.state for t in study.trials]
     assert states == [TrialState.FAIL, TrialState.WAITING]  # the retry is what counts
+
+
+def test_a_worker_waits_only_for_trials_whose_death_it_would_see(tmp_path):
+    from nscfate.search.storage import watchable_running_trials
+
+    space = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    journal = optuna.create_study(storage=open_storage(f"journal://{tmp_path}/o.log"))
+    here, elsewhere = journal.ask(space), journal.ask(space)
+    claim(here)
+    elsewhere.set_user_attr("worker", "another-host:4242")  # a journal has no heartbeat to watch
+    assert [t.number for t in watchable_running_trials(journal)] == [here.number]
+    database = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/o.db"))
+    remote = database.ask(space)
+    remote.set_user_attr("worker", "another-host:4242")  # its heartbeat tells
+    assert [t.number for t in watchable_running_trials(database)] == [remote.number]

@@ -176,7 +176,7 @@ def recover_dead_trials(study: optuna.Study, locked: bool) -> list[int]:
     """
     storage = study._storage
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    heartbeat = isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage)
+    heartbeat = _has_heartbeat(storage)
     if heartbeat:  # stale ones are failed and re-queued by the storage's own callback
         optuna.storages.fail_stale_trials(study)
     retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
@@ -193,6 +193,20 @@ def recover_dead_trials(study: optuna.Study, locked: bool) -> list[int]:
         retry(study, storage.get_trial(t._trial_id))
     still = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     return sorted(before - still)
+
+
+def watchable_running_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """RUNNING trials whose worker's death this process would notice (heartbeats on database
+    storages; a journal's workers on this host): worth waiting for, since they may need a re-run."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if _has_heartbeat(study._storage):
+        return running
+    here = socket.gethostname()
+    return [t for t in running if str(t.user_attrs.get("worker", "")).rpartition(":")[0] == here]
+
+
+def _has_heartbeat(storage: BaseStorage) -> bool:
+    return isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage)
 
 
 def _died_here(who: str) -> bool:

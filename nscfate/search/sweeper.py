@@ -39,6 +39,7 @@ from nscfate.search.storage import (
     recover_dead_trials,
     standing_trials,
     storage_lock,
+    watchable_running_trials,
 )
 from nscfate.search.study import ExhaustibleGridSampler, load_study, study_name
 from nscfate.tracking.connection import connect
@@ -163,8 +164,7 @@ class OptunaSweeper:
     def _next_trial(study: optuna.Study, space: SearchSpace, search: DictConfig) -> Any:
         """A new claimed trial, WAIT, or None when this worker is done. Call under the lock."""
         if counted_trials(study) >= search.n_trials:
-            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            return WAIT if running else None
+            return WAIT if watchable_running_trials(study) else None
         if isinstance(study.sampler, ExhaustibleGridSampler) and study.sampler.exhausted(study):
             log.info("the grid is exhausted before search.n_trials=%d", search.n_trials)
             return None
