@@ -39,7 +39,7 @@ def test_a_planted_password_is_nowhere(tmp_path, data_dir, postgres_db):
         "-m",
         "search=default",
         "optimizer.lr=choice(0.001,0.002)",
-        "search.n_trials=2",
+        "search.n_trials=1",
         "search.sampler=grid",
         f"search.storage={storage}",
         *common,

@@ -280,16 +280,35 @@ def test_predict_mixed_sizes_and_bit_depths(registry, tmp_path):
     ],
 )
 def test_predict_bad_input(registry, tmp_path, sample_pngs, model, make_input, message):
+    """In-process, in the CLI's order (inputs, then the model): one NscfateError naming the problem."""
+    import mlflow
+
+    from nscfate.tracking.predict import load_inputs, load_model, resolve_model_uri
+
+    folder = _bad_input(tmp_path, sample_pngs, make_input)
+    mlflow.set_tracking_uri(registry["uri"])
+    with pytest.raises(NscfateError, match=message):
+        load_inputs(folder)
+        load_model(resolve_model_uri(model, MlflowClient(registry["uri"])))
+
+
+def _bad_input(tmp_path: Path, sample_pngs, kind: str) -> Path:
     folder = tmp_path / "in"
     folder.mkdir()
-    if make_input == "real":
+    if kind == "real":
         (folder / "x.png").write_bytes(sample_pngs[0].read_bytes())
-    elif make_input == "corrupt":
+    elif kind == "corrupt":
         (folder / "bad.png").write_bytes(b"not a png")
-    elif make_input == "rgb":
+    elif kind == "rgb":
         rgb = np.zeros((20, 20, 3), np.uint8)
         rgb[..., 1] = 200
         Image.fromarray(rgb).save(folder / "colour.png")
+    return folder
+
+
+def test_predict_cli_fails_with_one_line_and_writes_nothing(registry, tmp_path, sample_pngs):
+    folder = _bad_input(tmp_path, sample_pngs, "corrupt")
+    model, message = "models:/nscfate@champion", r"cannot read image .*bad\.png"
     proc = cli(
         "nscfate-predict",
         f"model={model}",

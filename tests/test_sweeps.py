@@ -268,8 +268,7 @@ def test_pruning_stops_a_clearly_bad_region_early(tmp_path, data_dir):
     [
         (["optimizer.lrr=tag(log,interval(1e-4,1e-2))"], "Could not override 'optimizer.lrr'"),
         (["model=choice(small_cnn,no_such_net)"], "no_such_net"),
-        (["model=choice()"], "empty choice"),
-        (["optimizer.lr=interval(0.1,0.01)"], "expected low < high"),
+        # empty choices and reversed intervals: tests/test_space.py, in-process
         (["optimizer.lr=choice(0.1,0.2)", "search.metric=val/f2"], "not a metric nscfate logs"),
     ],
 )
@@ -303,7 +302,7 @@ def _three_workers_one_killed(tmp: Path, data_dir: Path, study: str, storage: st
         "search.sampler=tpe",
         "search.pruner=none",
         "search.n_startup_trials=2",
-        "search.n_trials=6",
+        "search.n_trials=5",
         *FAST_HEARTBEAT,
     ]
     cmd = sweep_cmd(tmp, data_dir, study, storage, *space, epochs=3)
@@ -363,13 +362,13 @@ def _assert_exactly_n_trials(study: optuna.Study, tmp: Path, n: int) -> None:
 def test_three_workers_on_a_journal_survive_a_killed_one(tmp_path, data_dir):
     storage = f"journal://{tmp_path}/optuna.log"
     study = _three_workers_one_killed(tmp_path, data_dir, "journal3", storage)
-    _assert_exactly_n_trials(study, tmp_path, 6)
+    _assert_exactly_n_trials(study, tmp_path, 5)
 
 
 @pytest.mark.postgres
 def test_three_workers_on_postgres_survive_a_killed_one(tmp_path, data_dir, postgres_url):
     study = _three_workers_one_killed(tmp_path, data_dir, "pg3", postgres_url)
-    _assert_exactly_n_trials(study, tmp_path, 6)
+    _assert_exactly_n_trials(study, tmp_path, 5)
 
 
 def test_a_worker_whose_trial_was_reaped_goes_on(tmp_path):
