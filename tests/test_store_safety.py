@@ -20,6 +20,7 @@ from PIL import Image
 from nscfate.data.ingest import ingest
 from nscfate.data.store import open_store, verify_store
 from nscfate.errors import NscfateError
+from nscfate.files import file_lock
 
 from .conftest import console_script
 
@@ -87,13 +88,14 @@ def test_two_concurrent_ingests_of_one_out_one_wins(tmp_path, overwrite):
     if overwrite:  # both replace an existing store: still only one may
         ingest(src, out)
     cmd = [CLI, "ingest", str(src), "--out", str(out), "--quiet", *(["--overwrite"] * overwrite)]
-    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    with file_lock(tmp_path / ".store.lock"):  # both start while a third writer holds the store
+        procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        for proc in procs:  # each says it waits, so both overlap whatever their start-up time
+            assert "waiting for another process" in proc.stderr.readline()
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
-    assert sorted(code for code, _ in results)[:1] == [0], results
-    losers = [err for code, err in results if code != 0]
-    assert len(losers) == 1, results  # never two winners: the second would replace the first
-    assert len(losers[0].strip().splitlines()) == 1 and "Traceback" not in losers[0]
-    assert "another process is writing" in losers[0] or "already exists" in losers[0]
+    assert sorted(code for code, _ in results) == [0, 1], results  # never two winners
+    loser = next(err for code, err in results if code != 0).strip().splitlines()
+    assert len(loser) == 1 and "another process wrote" in loser[0], loser
     verify_store(out)
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # no half stores left
 

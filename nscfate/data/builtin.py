@@ -51,7 +51,7 @@ def generate_synthetic_store(
 
     synth = synth_settings(settings)
     # Sweep workers starting together wait for the first to finish, then reuse its store.
-    with store_lock(out, wait=reuse_existing):
+    with store_lock(out, reuse=reuse_existing):
         if reuse_existing and is_store(out):
             return open_store(out)
         check_out(out, overwrite)

@@ -19,11 +19,12 @@ import ctypes
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -34,6 +35,8 @@ import pandas as pd
 from nscfate.data.schema import CLASSES, REQUIRED_COLUMNS
 from nscfate.errors import NscfateError
 from nscfate.files import file_lock, fsync_path
+
+log = logging.getLogger(__name__)
 
 IMAGES = "images.npy"
 INDEX = "index.csv"
@@ -142,19 +145,35 @@ def check_out(out: str | os.PathLike, overwrite: bool) -> None:
         )
 
 
+def store_identity(out: str | os.PathLike) -> tuple[int, int] | None:
+    """What is at ``out`` now (directory inode, ``dataset.json`` mtime), or None if nothing."""
+    out = Path(out)
+    if not out.exists():
+        return None
+    meta = out / META
+    return (out.stat().st_ino, meta.stat().st_mtime_ns if meta.exists() else 0)
+
+
 @contextmanager
-def store_lock(out: str | os.PathLike, wait: bool = False) -> Iterator[None]:
-    """Be the one process writing the store ``out`` (a lock file beside it). Without ``wait``,
-    another writer is a one-line error at once."""
+def store_lock(out: str | os.PathLike, reuse: bool = False) -> Iterator[None]:
+    """Be the one process writing the store ``out`` (a lock file beside it), waiting for another
+    writer to finish first. If ``out`` changed meanwhile (another process just wrote it), that is a
+    one-line error, never a silent replacement; with ``reuse`` the caller may reuse it instead."""
     out = Path(out)
     lock = out.with_name(f".{out.name}.lock")
-    try:
-        with file_lock(lock, wait=wait):
-            yield
-    except BlockingIOError:
-        raise NscfateError(
-            f"another process is writing {out}: wait for it to finish or choose another --out"
-        ) from None
+    before = store_identity(out)
+    with ExitStack() as held:
+        try:
+            held.enter_context(file_lock(lock, wait=False))
+        except BlockingIOError:
+            log.warning("waiting for another process that is writing %s", out)
+            held.enter_context(file_lock(lock))
+        if store_identity(out) != before and not reuse:
+            raise NscfateError(
+                f"another process wrote {out} while this one was starting: nothing replaced (run "
+                "again to replace it)"
+            )
+        yield
 
 
 def read_index(path: Path) -> pd.DataFrame:
