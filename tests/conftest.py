@@ -121,8 +121,8 @@ TINY_DATA = [
     "data.persistent_workers=false",
     "data.batch_size=32",
 ]
-#: Overrides that make a training run take seconds on CPU.
-FAST = [*TINY_DATA, "trainer.max_epochs=2", "trainer.log_every_n_steps=1"]
+#: Overrides that make a training run take seconds on CPU (20 bootstrap rounds for the intervals).
+FAST = [*TINY_DATA, "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "quantify.n_boot=20"]
 
 
 def compose_train(tmp_path: Path, data_dir: Path, *overrides: str, fast: bool = True):

@@ -239,14 +239,20 @@ def test_predict_store_gives_fraction_tables(registry, tmp_path, tiny_synth):
         f"tracking.uri={registry['uri']}",
         f"hydra.run.dir={tmp_path}/h",
     )
-    assert "Predicted fate fractions" in out.stdout and run.data.tags["nscfate.model_uri"]
+    assert "Fate fractions" in out.stdout and run.data.tags["nscfate.model_uri"]
     fractions = pd.read_csv(tmp_path / "p_fractions.csv")
     assert set(fractions["condition"]) == {"control", "NT3", "CNTF", "T3", "nanoparticle"}
-    assert len(fractions) == 5 * 4  # condition x day
-    fr = fractions[[c for c in fractions if c.startswith("pred_frac_")]].sum(axis=1)
-    assert np.allclose(fr, 1.0)
+    assert len(fractions) == 5 * 4 * 3  # condition x day x fate
+    assert {"day", "n_cells", "raw_frac", "est_frac", "ci_low", "ci_high", "ood_frac"} <= set(
+        fractions
+    )
+    per_group = fractions.groupby(["condition", "day"])[["raw_frac", "est_frac"]].sum()
+    assert np.allclose(per_group, 1.0)
+    assert (fractions["ci_low"] <= fractions["est_frac"] + 1e-9).all()
+    assert (fractions["est_frac"] <= fractions["ci_high"] + 1e-9).all()
     cells = pd.read_csv(tmp_path / "p.csv")
     assert len(cells) == len(tiny_synth) and {"label", "day", "condition"} <= set(cells)
+    assert {"ood", "ood_score", "logit_neuron"} <= set(cells)
 
 
 def test_predict_mixed_sizes_and_bit_depths(registry, tmp_path):
@@ -265,7 +271,41 @@ def test_predict_mixed_sizes_and_bit_depths(registry, tmp_path):
         f"hydra.run.dir={tmp_path}/h",
     )
     assert len(pd.read_csv(tmp_path / "m.csv")) == 2
-    assert pd.read_csv(tmp_path / "m_fractions.csv")["n_cells"].tolist() == [2]
+    assert pd.read_csv(tmp_path / "m_fractions.csv")["n_cells"].tolist() == [2] * 3
+
+
+def test_predict_corrects_a_skewed_mix_toward_the_truth(registry, tmp_path, tiny_synth):
+    """A lab's own plate with a skewed fate mix (70/20/10 instead of the training's 1/3 each):
+    the corrected fractions are closer to the true ones than counting argmax predictions."""
+    import mlflow
+
+    from nscfate.data.schema import CLASSES
+    from nscfate.tracking.predict import fate_fraction_table, load_model, predict_cells
+
+    index = tiny_synth.index
+    control = index[(index["condition"] == "control") & (index["label"] != "")]
+    wanted = {"neuron": 1.0, "astrocyte": 0.3, "oligodendrocyte": 0.15}  # share of each class kept
+    rng = np.random.default_rng(0)
+    rows = np.concatenate(
+        [
+            rng.choice(group.index, int(len(group) * wanted[label]), replace=False)
+            for label, group in control.groupby("label")
+        ]
+    )
+    crops = list(np.asarray(tiny_synth.images[np.sort(rows)]))
+    cells = index.loc[np.sort(rows), ["source", "label"]].assign(condition="plateA")
+    mlflow.set_tracking_uri(registry["uri"])
+    model = load_model(
+        MlflowClient(registry["uri"]).get_run(registry["good"]).data.tags["nscfate.model_uri"]
+    )
+    predictions, estimator = predict_cells(model, crops, cells)
+    table = fate_fraction_table(predictions, estimator).set_index("fate").loc[list(CLASSES)]
+    truth = table["true_frac"]
+    assert truth["neuron"] > 0.6  # the mix really is skewed
+    raw_err = (table["raw_frac"] - truth).abs().mean()
+    est_err = (table["est_frac"] - truth).abs().mean()
+    assert est_err < raw_err, (raw_err, est_err)
+    assert ((table["ci_low"] <= truth) & (truth <= table["ci_high"])).sum() >= 2
 
 
 @pytest.mark.parametrize(

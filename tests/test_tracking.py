@@ -56,13 +56,30 @@ def test_run_records_params_metrics_and_artifacts(tracked):
         "test/f1_macro",
         "test/auroc",
         "test/ece",
+        "test/ece_uncalibrated",
+        "test/ood_frac",
         "test/acc_day1",
         "test/acc_day7",
+        "indep/frac_mae_raw",
+        "indep/frac_mae",
+        "indep/frac_max_err",
     ]
     assert not [k for k in need if k not in metrics]
-    assert all(
-        f"indep/{c}/pred_frac_neuron" in metrics for c in ("NT3", "CNTF", "T3", "nanoparticle")
-    )
+    for c in ("NT3", "CNTF", "T3", "nanoparticle"):
+        base = f"indep/{c}"
+        assert {f"{base}/pred_frac_neuron", f"{base}/true_frac_neuron", f"{base}/ood_frac"} <= set(
+            metrics
+        )
+        est, lo, hi = (metrics[f"{base}/est_frac_neuron{s}"] for s in ("", "_lo", "_hi"))
+        assert 0 <= lo <= est <= hi <= 1
+        assert sum(metrics[f"{base}/est_frac_{k}"] for k in CLASSES) == pytest.approx(1.0)
+    maes = [
+        abs(metrics[f"indep/{c}/est_frac_{k}"] - metrics[f"indep/{c}/true_frac_{k}"])
+        for c in ("NT3", "CNTF", "T3", "nanoparticle")
+        for k in CLASSES
+    ]
+    assert metrics["indep/frac_mae"] == pytest.approx(np.mean(maes))
+    assert metrics["indep/frac_max_err"] == pytest.approx(max(maes))
     assert len(client.get_metric_history(run.info.run_id, "val/f1_macro")) == 3  # per epoch
     assert result.objective == pytest.approx(metrics["val/f1_macro_best"])
     arts = _artifacts(client, run.info.run_id)
@@ -71,7 +88,9 @@ def test_run_records_params_metrics_and_artifacts(tracked):
         "plots/confusion_matrix.png",
         "plots/accuracy_by_day.png",
         "plots/fate_fractions.png",
+        "plots/reliability.png",
         "predictions/cells.csv",
+        "predictions/fate_fractions.csv",
     } <= set(arts)
     assert any(a.startswith("checkpoints/") and a.endswith(".ckpt") for a in arts)
     assert "mlflow.source.git.commit" in run.data.tags
@@ -124,7 +143,25 @@ def test_checkpoint_eval_and_wrong_architecture(tracked, tmp_path):
     cfg, result, client, run = tracked
     ckpt = run_checkpoint(client, run.info.run_id, tmp_path)
     evaluation, run_cfg = evaluate_checkpoint(ckpt)
-    assert evaluation.metrics["test/acc"] == pytest.approx(run.data.metrics["test/acc"], abs=1e-6)
+    for key in (
+        "test/acc",
+        "test/ece",
+        "test/ood_frac",
+        "indep/frac_mae",
+        "indep/NT3/est_frac_neuron_hi",
+    ):
+        assert evaluation.metrics[key] == pytest.approx(run.data.metrics[key], abs=1e-6), key
+    # the checkpoint carries the calibration/OOD/correction state; one without it gets it refit
+    import torch
+
+    from nscfate.estimation import ESTIMATION_KEY
+
+    state = torch.load(ckpt, weights_only=True)
+    assert state[ESTIMATION_KEY]["calibration"]["method"] == "bcts"
+    del state[ESTIMATION_KEY]
+    torch.save(state, tmp_path / "old.ckpt")
+    refit, _ = evaluate_checkpoint(tmp_path / "old.ckpt")
+    assert refit.metrics["indep/frac_mae"] == pytest.approx(evaluation.metrics["indep/frac_mae"])
     with pytest.raises(NscfateError, match="holds a 'small_cnn' network, not model='resnet18'"):
         evaluate_checkpoint(ckpt, model=OmegaConf.create({"name": "resnet18"}))
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
@@ -140,7 +177,9 @@ def test_pyfunc_takes_raw_crops_of_any_size_and_depth(tracked, sample_pngs):
     real = np.stack([np.asarray(Image.open(p)) for p in sample_pngs])  # 6 x 45 x 30 uint8
     for crops in (real, real.astype(np.uint16) * 16, real.astype(np.float32) / 255):
         out = model.predict(crops.astype(np.float32))
-        assert list(out.columns) == [*CLASSES, "fate"] and len(out) == 6
+        logits = [f"logit_{c}" for c in CLASSES]
+        assert list(out.columns) == [*CLASSES, "fate", *logits, "ood_score", "ood"]
+        assert len(out) == 6 and out["ood_score"].notna().all()
         assert np.allclose(out[list(CLASSES)].sum(axis=1), 1.0, atol=1e-5)
     # per-image normalisation makes the bit depth irrelevant
     a = model.predict(real.astype(np.float32))[list(CLASSES)].to_numpy()
@@ -162,7 +201,9 @@ def test_pyfunc_matches_training_predictions(tracked):
     out = model.predict(np.asarray(store.images[rows]).astype(np.float32))
     assert np.allclose(
         out[list(CLASSES)].to_numpy(), cells[[f"p_{c}" for c in CLASSES]].to_numpy()[:40], atol=1e-5
-    )
+    )  # calibrated the same way
+    assert np.allclose(out["ood_score"], cells["ood_score"].to_numpy()[:40], rtol=1e-4)
+    assert (out["ood"].to_numpy() == cells["ood"].to_numpy()[:40]).all()
 
 
 def test_unreachable_or_file_tracking_uri_fails_before_any_run(tmp_path, data_dir):

@@ -29,21 +29,24 @@ def app(cfg: DictConfig) -> None:
         fate_fraction_table,
         load_inputs,
         load_model,
+        ood_alarm,
         predict_cells,
         resolve_model_uri,
         write_csv,
     )
-    from nscfate.tracking.summary import print_fractions
+    from nscfate.tracking.summary import print_alarm, print_fractions
 
     output = Path(cfg.output).expanduser().resolve()
     crops, cells = load_inputs(Path(cfg.input).expanduser())
     check_reachable(cfg.tracking.uri)
     mlflow.set_tracking_uri(cfg.tracking.uri)
     uri = resolve_model_uri(str(cfg.model_uri), MlflowClient(cfg.tracking.uri))
-    predictions = predict_cells(load_model(uri), crops, cells)
+    predictions, estimator = predict_cells(load_model(uri), crops, cells)
     write_csv(predictions, output)
     print(f"predicted {len(predictions)} cells with {cfg.model_uri} -> {output}")
-    fractions = fate_fraction_table(predictions)
+    if (alarm := ood_alarm(predictions)) is not None:
+        print_alarm(alarm)
+    fractions = fate_fraction_table(predictions, estimator)
     if fractions is not None:
         fractions_path = output.with_name(f"{output.stem}_fractions.csv")
         write_csv(fractions, fractions_path)

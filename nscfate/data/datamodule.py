@@ -11,6 +11,7 @@ keep every crop's shape and no cell pixel is cut away.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -221,8 +222,11 @@ class CellDataModule(L.LightningDataModule):
             log.warning("could not save the split next to the store: %s", err)
 
     # ------------------------------------------------------------------------------- loaders
-    def loader(self, part: str, shuffle: bool = False) -> DataLoader:
-        """A DataLoader over one split (``train``, ``val``, ``test`` or ``indep:<condition>``)."""
+    def loader(self, part: str, shuffle: bool = False, augmented: bool = True) -> DataLoader:
+        """A DataLoader over one split (``train``, ``val``, ``test`` or ``indep:<condition>``).
+
+        ``augmented=False`` gives the training crops as evaluation sees crops (no augmentation).
+        """
         if part not in self.datasets:
             raise NscfateError(
                 f"no split {part!r} in {self.store_path} (splits: {', '.join(self.datasets)})"
@@ -233,8 +237,12 @@ class CellDataModule(L.LightningDataModule):
                 f"data.batch_size={batch_size}: 'auto' is resolved from the training-set size when "
                 "training starts; give a number to use the datamodule on its own"
             )
+        dataset = self.datasets[part]
+        if not augmented and dataset.augment is not None:
+            dataset = copy.copy(dataset)
+            dataset.augment = None
         return DataLoader(
-            self.datasets[part],
+            dataset,
             batch_size=batch_size,
             shuffle=shuffle,
             drop_last=shuffle and self._per_rank(part) >= 2 * self.batch_size,

@@ -122,3 +122,18 @@ def _unknown_name_message(name: str) -> str:
 def _check_positive(key: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise NscfateError(f"model.{key}={value!r}: expected a positive integer")
+
+
+def classifier_of(net: nn.Module) -> nn.Module:
+    """The layer that maps penultimate features to logits (``get_classifier()``, as in timm).
+
+    Its input is what the OOD detector measures; every nscfate and timm model has one.
+    """
+    getter = getattr(net, "get_classifier", None)
+    head = getter() if callable(getter) else None
+    if not isinstance(head, nn.Module) or isinstance(head, nn.Identity):
+        raise NscfateError(
+            f"{type(net).__name__} has no classifier layer (get_classifier()): "
+            "cannot read its penultimate features"
+        )
+    return head

@@ -146,6 +146,10 @@ class NscNet(nn.Module):
         """Pool a feature map and classify it into raw logits (B, num_classes)."""
         return self.classifier(self.dropout(torch.flatten(self.pool(x), 1)))
 
+    def get_classifier(self) -> nn.Module:
+        """The final linear layer (timm's name; its input is the penultimate feature vector)."""
+        return self.classifier
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Raw logits (B, num_classes) for images (B, in_chans, H, W)."""
         return self.forward_head(self.forward_features(x))

@@ -47,6 +47,10 @@ class SmallCNN(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(chs, num_classes)
 
+    def get_classifier(self) -> nn.Module:
+        """The final linear layer (timm's name; its input is the penultimate feature vector)."""
+        return self.classifier
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Raw logits (B, num_classes) for images (B, in_chans, H, W)."""
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))

@@ -17,11 +17,13 @@ from nscfate.data.ingest import scan_folder
 from nscfate.data.schema import CLASSES, canonical_label
 from nscfate.data.store import open_store
 from nscfate.errors import NscfateError
+from nscfate.estimation import FateEstimator
 from nscfate.files import atomic_write
 from nscfate.tracking.pyfunc import FateModel
-from nscfate.training.evaluate import fate_fractions
+from nscfate.training.evaluate import LOGIT_COLUMNS, PROB_COLUMNS, fate_fractions
 
-PROB_PREFIX = "p_"
+#: Share of a plate's cells flagged OOD above which predict warns that its answers are unreliable.
+OOD_ALARM = 0.5
 
 
 def resolve_model_uri(model: str, client: MlflowClient) -> str:
@@ -112,8 +114,9 @@ def _from_manifest(path: Path) -> tuple[list[np.ndarray], pd.DataFrame]:
 
 def predict_cells(
     model: mlflow.pyfunc.PyFuncModel, crops: list[np.ndarray], cells: pd.DataFrame
-) -> pd.DataFrame:
-    """One row per cell: source (and known columns), predicted fate, one probability per class."""
+) -> tuple[pd.DataFrame, FateEstimator | None]:
+    """One row per cell: source (and known columns), predicted fate, one calibrated probability
+    per class, raw logits, OOD score and flag; and the model's estimator (None if it has none)."""
     inner = model.unwrap_python_model() if hasattr(model, "unwrap_python_model") else None
     if isinstance(inner, FateModel):  # takes crops of different sizes in one call
         probs = inner.predict(None, crops)
@@ -121,13 +124,18 @@ def predict_cells(
         probs = model.predict(np.stack(crops).astype(np.float32))
     out = cells.reset_index(drop=True).copy()
     out["fate"] = probs["fate"].to_numpy()
-    for c in CLASSES:
-        out[f"{PROB_PREFIX}{c}"] = probs[c].to_numpy()
-    return out
+    out[PROB_COLUMNS] = probs[list(CLASSES)].to_numpy()
+    for column in [*LOGIT_COLUMNS, "ood_score", "ood"]:
+        if column in probs:
+            out[column] = probs[column].to_numpy()
+    return out, getattr(inner, "estimator", None)
 
 
-def fate_fraction_table(predictions: pd.DataFrame) -> pd.DataFrame | None:
-    """Predicted (and, with labels, true) fate fractions per condition (and day, when known).
+def fate_fraction_table(
+    predictions: pd.DataFrame, estimator: FateEstimator | None
+) -> pd.DataFrame | None:
+    """Fate fractions per condition (and day, when known): one row per group x fate with the count,
+    the corrected estimate, its 95 % interval, the OOD share and, with labels, the truth.
 
     None when the input had no condition column.
     """
@@ -136,9 +144,25 @@ def fate_fraction_table(predictions: pd.DataFrame) -> pd.DataFrame | None:
     cells = predictions.rename(columns={"fate": "predicted"})
     if "label" not in cells:
         cells["label"] = ""
+    if not set(LOGIT_COLUMNS) <= set(cells.columns):
+        estimator = None  # a foreign pyfunc model: counts only
     by_day = "day" in cells and cells["day"].notna().any()
-    table = fate_fractions(cells, by=("condition", "day") if by_day else ("condition",))
-    return table.dropna(axis=1, how="all")  # no true_frac_* columns without labels
+    table = fate_fractions(cells, estimator, by=("condition", "day") if by_day else ("condition",))
+    return table.dropna(axis=1, how="all")  # no true_frac column without labels
+
+
+def ood_alarm(predictions: pd.DataFrame) -> str | None:
+    """A loud message when most of the input is unlike anything the model was trained on."""
+    if "ood" not in predictions or predictions["ood_score"].isna().all():
+        return None
+    share = float(predictions["ood"].mean())
+    if share <= OOD_ALARM:
+        return None
+    return (
+        f"{share:.0%} of these {len(predictions)} crops are out of distribution (unlike the "
+        "training crops): their fates and fractions are unreliable. Check the imaging (focus, "
+        "magnification, bright-field vs fluorescence, crop size) or train on such crops."
+    )
 
 
 def write_csv(table: pd.DataFrame, out: Path) -> None:

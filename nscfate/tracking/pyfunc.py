@@ -1,8 +1,10 @@
 """The MLflow pyfunc model: raw grey crops (any size, uint8/uint16/float) in, fate probabilities out.
 
 It embeds the preprocessing (fit to the training crop size, scale by bit depth, the training
-normalisation), the architecture's config and its weights, so a served or registered model needs
-nothing from the run that made it.
+normalisation), the architecture's config, its weights and the estimator fit after training
+(calibration, OOD detector, validation cells for the fate-fraction correction), so a served or
+registered model needs nothing from the run that made it. Outputs: calibrated probabilities, the
+predicted ``fate``, raw ``logit_*`` (what the fraction correction works on), ``ood_score``, ``ood``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from mlflow.types import ColSpec, Schema, TensorSpec
 from nscfate.data.normalize import Normalizer
 from nscfate.data.preprocess import prepare_batch
 from nscfate.data.schema import CLASSES
+from nscfate.estimation import FateEstimator
+from nscfate.training.evaluate import LOGIT_COLUMNS, logits_and_features
 
 # The input is a tensor spec (signature below), not type hints; MLflow warns about the latter.
 warnings.filterwarnings("ignore", message=".*type hint.*", category=UserWarning, module="mlflow")
@@ -43,27 +47,48 @@ class FateModel(mlflow.pyfunc.PythonModel):
         )
         self.net.eval()
         self.normalizer = Normalizer.from_state(self.spec["normalizer"])
+        #: None for models logged before calibration: plain softmax, no OOD score.
+        self.estimator = (
+            FateEstimator.from_state(
+                torch.load(context.artifacts["estimation"], map_location="cpu", weights_only=True)
+            )
+            if "estimation" in context.artifacts
+            else None
+        )
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001 (MLflow reads type hints)
-        """Class probabilities (one column per fate, summing to 1) and the predicted ``fate``."""
+        """Calibrated probabilities (one column per fate), ``fate``, ``logit_*``, ``ood_score``
+        (NaN without a detector) and ``ood``."""
         x = prepare_batch(
             model_input, tuple(self.spec["size"]), self.normalizer, self.spec["white_level"]
         )
-        with torch.inference_mode():
-            probs = torch.cat(
-                [
-                    self.net(torch.from_numpy(chunk)).float().softmax(1)
-                    for chunk in np.array_split(x, max(1, len(x) // PREDICT_BATCH))
-                ]
-            )
-        table = pd.DataFrame(probs.numpy().astype(np.float64), columns=list(CLASSES))
-        table["fate"] = np.asarray(CLASSES)[probs.argmax(1).numpy()]
+        parts = [
+            logits_and_features(self.net, torch.from_numpy(chunk))
+            for chunk in np.array_split(x, max(1, len(x) // PREDICT_BATCH))
+        ]
+        logits = np.concatenate([z for z, _ in parts])
+        features = np.concatenate([f for _, f in parts])
+        estimator = self.estimator or FateEstimator.plain(len(CLASSES))
+        probs = estimator.probabilities(logits)
+        table = pd.DataFrame(probs, columns=list(CLASSES))
+        table["fate"] = np.asarray(CLASSES)[probs.argmax(1)]
+        table[LOGIT_COLUMNS] = logits
+        table["ood_score"] = estimator.ood_scores(features)
+        table["ood"] = estimator.ood_flags(table["ood_score"].to_numpy())
         return table
 
 
 def signature() -> ModelSignature:
     """Input: a stack of grey crops N x H x W (any H, W); output: probabilities and fate."""
-    outputs = Schema([*(ColSpec("double", c) for c in CLASSES), ColSpec("string", "fate")])
+    outputs = Schema(
+        [
+            *(ColSpec("double", c) for c in CLASSES),
+            ColSpec("string", "fate"),
+            *(ColSpec("double", c) for c in LOGIT_COLUMNS),
+            ColSpec("double", "ood_score"),
+            ColSpec("boolean", "ood"),
+        ]
+    )
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1))]), outputs=outputs
     )
@@ -77,11 +102,14 @@ def log_fate_model(
     white_level: int,
     example: np.ndarray,
     workdir: Path,
+    estimator: FateEstimator,
 ) -> mlflow.models.model.ModelInfo:
     """Log the pyfunc model into the active run (name ``model``) and return its ModelInfo."""
     workdir.mkdir(parents=True, exist_ok=True)
     weights, spec = workdir / "weights.pt", workdir / "spec.json"
+    estimation = workdir / "estimation.pt"
     torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, weights)
+    torch.save(estimator.state(), estimation)
     spec.write_text(
         json.dumps(
             {
@@ -99,7 +127,7 @@ def log_fate_model(
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=FateModel(),
-        artifacts={"weights": str(weights), "spec": str(spec)},
+        artifacts={"weights": str(weights), "spec": str(spec), "estimation": str(estimation)},
         signature=signature(),
         input_example=example.astype(np.float32),
         pip_requirements=[
@@ -109,6 +137,8 @@ def log_fate_model(
             "numpy",
             "pandas",
             "scipy",
+            "scikit-learn",
+            "quapy",
             "nscfate",
         ],
     )

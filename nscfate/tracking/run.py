@@ -19,6 +19,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -27,12 +28,14 @@ from mlflow.data.meta_dataset import MetaDataset
 from omegaconf import DictConfig, OmegaConf
 
 from nscfate.data.preview import contact_sheet
+from nscfate.data.schema import LATENT_PREFIX
 from nscfate.errors import NscfateError
 from nscfate.paths import REPO_ROOT
 from nscfate.redact import redact, redact_values
 from nscfate.tracking.connection import connect
 from nscfate.tracking.pyfunc import log_fate_model
 from nscfate.training import plots
+from nscfate.training.evaluate import day_metric
 from nscfate.training.health import RunWarning
 from nscfate.training.module import FIT_METRICS
 from nscfate.training.train import prepare, train
@@ -44,12 +47,16 @@ MAX_PARAM_CHARS = 500
 
 @dataclass
 class TrackedRun:
-    """The outcome of a tracked run: its objective, all metrics and the MLflow run id."""
+    """The outcome of a tracked run: its objective, all metrics, the MLflow run id and the tables
+    the terminal summary shows."""
 
     objective: float
     metrics: dict[str, float]
     run_id: str | None
     warnings: list[RunWarning] = field(default_factory=list)
+    accuracy_by_day: dict[float, float] = field(default_factory=dict)
+    oracle_by_day: dict[float, float] = field(default_factory=dict)
+    fractions: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def tracked_train(
@@ -99,13 +106,24 @@ def tracked_train(
             mlflow.set_tag("nscfate.interrupted", type(stop).__name__)
             mlflow.end_run("KILLED")
             raise
-        metrics |= log_results(cfg, metrics, objects)
+        oracle = _oracle_scores(objects["datamodule"])
+        metrics |= oracle_metrics(oracle)
+        log_results(cfg, metrics, objects, oracle.get("by_day", {}))
         log_warnings(objects["warnings"])
     if cfg.objective not in metrics:
         raise NscfateError(
             f"objective={cfg.objective} was never logged by run {run_id} (no complete training epoch?)"
         )
-    return TrackedRun(float(metrics[cfg.objective]), metrics, run_id, objects["warnings"])
+    evaluation = objects["evaluation"]
+    return TrackedRun(
+        float(metrics[cfg.objective]),
+        metrics,
+        run_id,
+        objects["warnings"],
+        evaluation.accuracy_by_day,
+        oracle.get("by_day", {}),
+        evaluation.fractions,
+    )
 
 
 def log_warnings(warnings: Sequence[RunWarning]) -> None:
@@ -164,35 +182,32 @@ def git_tags() -> dict[str, str]:
 
 
 def log_results(
-    cfg: DictConfig, metrics: dict[str, float], objects: dict[str, Any]
-) -> dict[str, float]:
-    """Final metrics, dataset inputs, plots, predictions, checkpoint and the pyfunc model.
-
-    Returns the metrics computed here (the latent oracle's, on synthetic data).
-    """
+    cfg: DictConfig,
+    metrics: dict[str, float],
+    objects: dict[str, Any],
+    oracle_by_day: dict[float, float],
+) -> None:
+    """Final metrics, dataset inputs, plots, predictions, checkpoint and the pyfunc model."""
     datamodule, evaluation = objects["datamodule"], objects["evaluation"]
     # fit metrics already went in per epoch through the Lightning logger
     mlflow.log_metrics(
         {k: v for k, v in metrics.items() if k not in FIT_METRICS and np.isfinite(v)}
     )
     log_dataset_inputs(datamodule)
-    oracle_metrics = _oracle_scores(datamodule)
-    mlflow.log_metrics(oracle_metrics)
-    oracle = {
-        float(k.removeprefix("oracle/acc_day")): v
-        for k, v in oracle_metrics.items()
-        if "acc_day" in k
-    }
-    for fig, name in _figures(evaluation, oracle):
+    for fig, name in _figures(evaluation, oracle_by_day):
         mlflow.log_figure(fig, f"plots/{name}.png")
         plots.close(fig)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        evaluation.cells.to_csv(tmp / "cells.csv", index=False)
-        mlflow.log_artifact(str(tmp / "cells.csv"), "predictions")
-        if len(evaluation.fractions_by_day):
-            evaluation.fractions_by_day.to_csv(tmp / "fate_fractions_by_day.csv", index=False)
-            mlflow.log_artifact(str(tmp / "fate_fractions_by_day.csv"), "predictions")
+        tables = {
+            "cells": evaluation.cells,
+            "fate_fractions": evaluation.fractions,
+            "fate_fractions_by_day": evaluation.fractions_by_day,
+        }
+        for name, table in tables.items():
+            if len(table):
+                table.to_csv(tmp / f"{name}.csv", index=False)
+                mlflow.log_artifact(str(tmp / f"{name}.csv"), "predictions")
         sheet = contact_sheet(datamodule.store, tmp / "data_preview.png")
         mlflow.log_artifact(str(sheet), "plots")
         if objects.get("best_checkpoint"):
@@ -200,7 +215,6 @@ def log_results(
         if cfg.tracking.get("log_model", True):
             info = _log_model(cfg, objects, tmp / "model")
             mlflow.set_tag("nscfate.model_uri", info.model_uri)
-    return oracle_metrics
 
 
 def log_dataset_inputs(datamodule: Any) -> None:
@@ -269,20 +283,29 @@ class _StoreSource(DatasetSource):
         return cls(source_dict["path"])
 
 
-def _oracle_scores(datamodule: Any) -> dict[str, float]:
-    """The latent oracle on the run's own split (synthetic data only), as ``oracle/*`` metrics."""
+def _oracle_scores(datamodule: Any) -> dict[str, Any]:
+    """The latent oracle on the run's own split (synthetic data only; empty otherwise)."""
     index = datamodule.store.index
-    if not any(c.startswith("lat_") for c in index.columns):
+    if not any(c.startswith(LATENT_PREFIX) for c in index.columns):
         return {}
     from nscfate.data.oracle import oracle_test_scores
 
-    return {f"oracle/{k}": v for k, v in oracle_test_scores(index, datamodule.split).items()}
+    return oracle_test_scores(index, datamodule.split)
+
+
+def oracle_metrics(oracle: dict[str, Any]) -> dict[str, float]:
+    """``oracle/acc``, ``oracle/f1_macro`` and ``oracle/acc_day{d}`` from the oracle's scores."""
+    if not oracle:
+        return {}
+    by_day = {day_metric("oracle/", d): v for d, v in oracle["by_day"].items()}
+    return {"oracle/acc": oracle["acc"], "oracle/f1_macro": oracle["f1_macro"]} | by_day
 
 
 def _figures(evaluation: Any, oracle: dict[float, float] | None) -> list[tuple[Any, str]]:
     figures = [
         (plots.confusion_figure(evaluation.confusion), "confusion_matrix"),
         (plots.accuracy_by_day_figure(evaluation.accuracy_by_day, oracle), "accuracy_by_day"),
+        (plots.reliability_figure(evaluation.cells), "reliability"),
     ]
     if len(evaluation.fractions):
         figures.append((plots.fate_fraction_figure(evaluation.fractions), "fate_fractions"))
@@ -298,5 +321,12 @@ def _log_model(cfg: DictConfig, objects: dict[str, Any], workdir: Path) -> Any:
     example = np.asarray(store.images[:2])
     size = datamodule.input_size
     return log_fate_model(
-        module.net, model_cfg, size, datamodule.normalizer, store.white_level, example, workdir
+        module.net,
+        model_cfg,
+        size,
+        datamodule.normalizer,
+        store.white_level,
+        example,
+        workdir,
+        objects["evaluation"].estimator,
     )

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import re
-
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from nscfate.data.schema import CLASSES
 from nscfate.redact import redact
 
 
@@ -18,41 +15,25 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
 
 
-def print_summary(cfg: DictConfig, result) -> None:
+def print_summary(cfg: DictConfig, result) -> None:  # noqa: ANN001
     """Print what a tracked run measured and how to open it in the MLflow UI."""
     m = result.metrics
     console = Console(stderr=False, width=110)
-    days = sorted(
-        {float(k.removeprefix("test/acc_day")) for k in m if k.startswith("test/acc_day")}
-    )
     by_day = Table(title="Test accuracy by day of culture", title_justify="left")
     by_day.add_column("day", justify="right")
     by_day.add_column("model", justify="right")
     by_day.add_column("oracle (latents)", justify="right")
-    for d in days:
-        oracle = m.get(f"oracle/acc_day{d:g}")
-        by_day.add_row(
-            f"{d:g}", f"{m[f'test/acc_day{d:g}']:.3f}", "-" if oracle is None else f"{oracle:.3f}"
-        )
+    for d, acc in sorted(result.accuracy_by_day.items()):
+        oracle = result.oracle_by_day.get(d)
+        by_day.add_row(f"{d:g}", f"{acc:.3f}", "-" if oracle is None else f"{oracle:.3f}")
     console.print(by_day)
-    conditions = sorted({k.split("/")[1] for k in m if re.match(r"^indep/[^/]+/pred_frac_", k)})
-    if conditions:
-        fr = Table(
-            title="Fate fractions per independent condition: predicted (true)", title_justify="left"
-        )
-        fr.add_column("condition")
-        for c in CLASSES:
-            fr.add_column(c, justify="right")
-        for cond in conditions:
-            cells = []
-            for c in CLASSES:
-                true = m.get(f"indep/{cond}/true_frac_{c}")
-                cells.append(
-                    f"{m[f'indep/{cond}/pred_frac_{c}']:.2f}"
-                    + ("" if true is None else f" ({true:.2f})")
-                )
-            fr.add_row(cond, *cells)
-        console.print(fr)
+    if len(result.fractions):
+        console.print(fraction_table(result.fractions, "Fate fractions per independent condition"))
+        if "indep/frac_mae" in m:
+            console.print(
+                f"fraction error over conditions x fates: counted {m['indep/frac_mae_raw']:.3f}"
+                f" | estimated {m['indep/frac_mae']:.3f} (worst {m['indep/frac_max_err']:.3f})"
+            )
     if "oracle/f1_macro" in m:
         console.print(
             f"latent oracle on the same test cells: acc {m['oracle/acc']:.3f} | macro-F1 {m['oracle/f1_macro']:.3f}"
@@ -60,12 +41,44 @@ def print_summary(cfg: DictConfig, result) -> None:
     console.print(
         f"test acc {m.get('test/acc', float('nan')):.3f} | test macro-F1 {m.get('test/f1_macro', float('nan')):.3f}"
         f" | AUROC {m.get('test/auroc', float('nan')):.3f} | ECE {m.get('test/ece', float('nan')):.3f}"
+        f" (uncalibrated {m.get('test/ece_uncalibrated', float('nan')):.3f})"
+        f" | OOD-flagged {m.get('test/ood_frac', float('nan')):.1%}"
         f" | objective {cfg.objective} = {result.objective:.4f}"
     )
     print_warnings(console, result.warnings)
     uri = redact(cfg.tracking.uri)
     console.print(f"MLflow run {result.run_id} in experiment '{cfg.tracking.experiment}' ({uri})")
     console.print(f"Open the MLflow UI: {ui_command(uri)}  (or: make ui)")
+
+
+def fraction_table(fractions, title: str) -> Table:  # noqa: ANN001
+    """A fractions table (one row per group x fate) as a terminal table: per group and fate the
+    estimate [95 % interval], the count, the truth where known, the OOD share."""
+    keys = [k for k in ("condition", "day") if k in fractions]
+    has_truth = "true_frac" in fractions and fractions["true_frac"].notna().any()
+    table = Table(title=title, title_justify="left")
+    for k in [*keys, "fate", "n", "estimated [95% CI]", "counted"]:
+        table.add_column(k, justify="left" if k in ("condition", "fate") else "right")
+    if has_truth:
+        table.add_column("true", justify="right")
+    table.add_column("OOD", justify="right")
+    for row in fractions.to_dict("records"):
+        group = [str(row["condition"])]
+        if "day" in keys:
+            group.append(f"{row['day']:g}" if row["day"] == row["day"] else "?")
+        cells = [
+            *group,
+            row["fate"],
+            str(row["n_cells"]),
+            f"{row['est_frac']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]",
+            f"{row['raw_frac']:.3f}",
+        ]
+        if has_truth:
+            cells.append(f"{row['true_frac']:.3f}" if row["true_frac"] == row["true_frac"] else "")
+        ood = row["ood_frac"]
+        cells.append(f"{ood:.0%}" if ood == ood else "-")
+        table.add_row(*cells)
+    return table
 
 
 def print_warnings(console: Console, warnings) -> None:  # noqa: ANN001
@@ -80,22 +93,13 @@ def print_warnings(console: Console, warnings) -> None:  # noqa: ANN001
 
 
 def print_fractions(fractions) -> None:  # noqa: ANN001
-    """Predicted fate fraction per condition (and day)."""
-    console = Console(width=110)
-    table = Table(title="Predicted fate fractions", title_justify="left")
-    keys = [k for k in ("condition", "day") if k in fractions]
-    for k in [*keys, "n_cells"]:
-        table.add_column(k, justify="right" if k != "condition" else "left")
-    for c in CLASSES:
-        table.add_column(c, justify="right")
-    for row in fractions.to_dict("records"):
-        cells = [str(row["condition"])] + (
-            [f"{row['day']:g}" if row["day"] == row["day"] else "?"] if "day" in keys else []
-        )
-        table.add_row(
-            *cells, str(row["n_cells"]), *(f"{row[f'pred_frac_{c}']:.2f}" for c in CLASSES)
-        )
-    console.print(table)
+    """Fate fractions per condition (and day) as ``nscfate-predict`` wrote them."""
+    Console(width=110).print(fraction_table(fractions, "Fate fractions"))
+
+
+def print_alarm(message: str) -> None:
+    """A loud red panel (most of a plate is out of distribution)."""
+    Console(width=110).print(Panel(message, title="WARNING: out of distribution", style="red"))
 
 
 def print_promotion(name: str, candidate, decision) -> None:  # noqa: ANN001

@@ -16,8 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from nscfate.data.datamodule import CellDataModule
 from nscfate.errors import NscfateError
+from nscfate.estimation import ESTIMATION_KEY, EstimationSettings, FateEstimator
 from nscfate.models import create_model
-from nscfate.training.evaluate import Evaluation, evaluate
+from nscfate.training.evaluate import Evaluation, evaluate, fit_estimator_on
 from nscfate.training.module import FateClassifier
 
 #: The builders a config stored in a checkpoint may name, by config node.
@@ -96,4 +97,15 @@ def evaluate_checkpoint(
     datamodule = CellDataModule(**data_values)
     datamodule.prepare_data()
     datamodule.setup("test")
-    return evaluate(module, datamodule), run_cfg
+    return evaluate(module, datamodule, checkpoint_estimator(ckpt, module, datamodule)), run_cfg
+
+
+def checkpoint_estimator(
+    ckpt: dict[str, Any], module: FateClassifier, datamodule: CellDataModule
+) -> FateEstimator:
+    """The calibration/OOD/correction state saved with the checkpoint; a checkpoint from before
+    calibration gets one fit now on the data's validation and training cells."""
+    if ckpt.get(ESTIMATION_KEY):
+        return FateEstimator.from_state(ckpt[ESTIMATION_KEY])
+    settings = EstimationSettings.from_config(OmegaConf.create(ckpt["nscfate_config"]))
+    return fit_estimator_on(module, datamodule, settings)

@@ -1,11 +1,15 @@
-"""Evaluate a trained model on the test split and the independent conditions.
+"""Evaluate a trained model: the one module that owns metric names and the evaluation tables.
 
-Everything is computed from per-cell predictions (one row per cell: its store row and one
-probability per class), so training and ``nscfate-eval`` compute identical metrics from identical
-predictions. Metric names are stable:
+Everything is computed from per-cell predictions (one row per cell: its store row, raw logits,
+calibrated probabilities, OOD score), so training, ``nscfate-eval`` and ``nscfate-predict`` compute
+identical numbers from identical predictions. Metric names are stable:
 
-- ``test/acc``, ``test/f1_macro``, ``test/auroc``, ``test/ece``, ``test/acc_day{d}`` per day;
-- ``indep/{condition}/pred_frac_{class}`` and ``indep/{condition}/true_frac_{class}``.
+- ``test/acc``, ``test/f1_macro``, ``test/auroc``, ``test/ece`` (calibrated),
+  ``test/ece_uncalibrated``, ``test/ood_frac``, ``test/acc_day{d}`` per day;
+- per independent condition ``indep/{c}/pred_frac_{k}`` (classify and count),
+  ``indep/{c}/est_frac_{k}`` with ``_lo``/``_hi`` (corrected, 95 % interval), ``indep/{c}/true_frac_{k}``,
+  ``indep/{c}/ood_frac``; over conditions ``indep/frac_mae_raw``, ``indep/frac_mae``,
+  ``indep/frac_max_err`` (where the truth is known).
 """
 
 from __future__ import annotations
@@ -26,19 +30,44 @@ from torchmetrics.functional.classification import (
 )
 
 from nscfate.data.schema import CLASSES
-from nscfate.data.splits import INDEP, TEST
+from nscfate.data.splits import INDEP, TEST, TRAIN, VAL
 from nscfate.errors import NscfateError
+from nscfate.estimation import EstimationSettings, FateEstimator, fit_estimator
+from nscfate.estimation.quantify import Interval
+from nscfate.models import classifier_of
 
 PROB_COLUMNS = [f"p_{c}" for c in CLASSES]
-TEST_METRICS: tuple[str, ...] = ("test/acc", "test/f1_macro", "test/auroc", "test/ece")
-_DYNAMIC = re.compile(
-    r"^(test/acc_day[\d.]+|indep/[^/]+/(pred|true)_frac_(" + "|".join(CLASSES) + "))$"
+LOGIT_COLUMNS = [f"logit_{c}" for c in CLASSES]
+TEST_METRICS: tuple[str, ...] = (
+    "test/acc",
+    "test/f1_macro",
+    "test/auroc",
+    "test/ece",
+    "test/ece_uncalibrated",
+    "test/ood_frac",
 )
+FRACTION_SUMMARY: tuple[str, ...] = ("indep/frac_mae_raw", "indep/frac_mae", "indep/frac_max_err")
+_CLASS = "(" + "|".join(CLASSES) + ")"
+_DYNAMIC = re.compile(
+    rf"^(test/acc_day[\d.]+|indep/[^/]+/((pred|true)_frac_{_CLASS}|est_frac_{_CLASS}(_lo|_hi)?|ood_frac))$"
+)
+#: Columns of a fate-fraction table (one row per group x fate), after the grouping columns.
+FRACTION_COLUMNS = ("fate", "n_cells", "raw_frac", "est_frac", "ci_low", "ci_high", "ood_frac")
 
 
 def is_known_metric(name: str, fit_metrics: tuple[str, ...]) -> bool:
     """True if training logs ``name`` (fit metrics, test metrics, per-day or per-condition ones)."""
-    return name in fit_metrics or name in TEST_METRICS or bool(_DYNAMIC.match(name))
+    return (
+        name in fit_metrics
+        or name in TEST_METRICS
+        or name in FRACTION_SUMMARY
+        or bool(_DYNAMIC.match(name))
+    )
+
+
+def day_metric(prefix: str, day: float) -> str:
+    """The name of a per-day accuracy metric: ``test/acc_day3``, ``oracle/acc_day3``."""
+    return f"{prefix}acc_day{day:g}"
 
 
 def safe_name(condition: str) -> str:
@@ -46,18 +75,71 @@ def safe_name(condition: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\- ]", "_", condition)
 
 
+@dataclass
+class Outputs:
+    """What the network says about a set of crops: store rows, labels, logits, penultimate features."""
+
+    rows: np.ndarray
+    labels: np.ndarray
+    logits: np.ndarray
+    features: np.ndarray
+
+
 @torch.inference_mode()
-def predict_loader(model: torch.nn.Module, loader: DataLoader) -> pd.DataFrame:
-    """Class probabilities for every crop a loader yields, as a table with the store row."""
+def logits_and_features(net: torch.nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and penultimate features (the classifier layer's input) of one batch, float64."""
+    net = getattr(net, "_orig_mod", net)  # torch.compile: hooks only fire on the eager module
+    seen: list[torch.Tensor] = []
+    hook = classifier_of(net).register_forward_hook(
+        lambda _m, args, _out: seen.append(torch.flatten(args[0], 1))
+    )
+    try:
+        logits = net(x)
+    finally:
+        hook.remove()
+    as_array = lambda t: t.float().cpu().numpy().astype(np.float64)  # noqa: E731
+    return as_array(logits), as_array(seen[0])
+
+
+def infer(model: torch.nn.Module, loader: DataLoader) -> Outputs:
+    """Logits and penultimate features of every crop a loader yields (model in eval mode)."""
     model.eval()
+    net = getattr(model, "net", model)
     device = next(model.parameters()).device
-    rows, probs = [], []
+    rows, labels, logits, features = [], [], [], []
     for batch in loader:
-        logits = model(batch["image"].to(device, non_blocking=True))
-        probs.append(logits.float().softmax(dim=1).cpu())
-        rows.append(batch["row"])
-    table = pd.DataFrame(torch.cat(probs).numpy().astype(np.float64), columns=PROB_COLUMNS)
-    table.insert(0, "row", torch.cat(rows).numpy())
+        z, f = logits_and_features(net, batch["image"].to(device, non_blocking=True))
+        logits.append(z)
+        features.append(f)
+        rows.append(batch["row"].numpy())
+        labels.append(batch["label"].numpy())
+    return Outputs(
+        np.concatenate(rows),
+        np.concatenate(labels),
+        np.concatenate(logits),
+        np.concatenate(features),
+    )
+
+
+def fit_estimator_on(
+    model: torch.nn.Module, datamodule, settings: EstimationSettings
+) -> FateEstimator:
+    """Fit calibration (validation cells) and the OOD detector (training cells, unaugmented)."""
+    val = infer(model, datamodule.loader(VAL))
+    train = infer(model, datamodule.loader(TRAIN, augmented=False))
+    return fit_estimator(
+        settings, val.logits, val.labels, train.features, train.labels, val.features
+    )
+
+
+def cell_table(outputs: Outputs, estimator: FateEstimator) -> pd.DataFrame:
+    """One row per crop: store row, raw logits, calibrated probabilities, OOD score and flag."""
+    table = pd.DataFrame({"row": outputs.rows})
+    table[LOGIT_COLUMNS] = outputs.logits
+    table[PROB_COLUMNS] = estimator.probabilities(outputs.logits)
+    scores = estimator.ood_scores(outputs.features)
+    table["ood_score"] = scores
+    table["ood"] = estimator.ood_flags(scores)
     return table
 
 
@@ -73,7 +155,8 @@ def attach_cells(predictions: pd.DataFrame, index: pd.DataFrame, split: pd.Serie
 
 
 def classification_metrics(cells: pd.DataFrame, prefix: str = "test/") -> dict[str, float]:
-    """Accuracy, macro-F1, macro-AUROC, calibration error and accuracy per day of labelled cells."""
+    """Accuracy, macro-F1, macro-AUROC, calibration error (and, given logits, before calibration),
+    OOD share (given OOD flags) and accuracy per day of labelled cells."""
     cells = cells[cells["label"] != ""]
     if cells.empty:
         raise NscfateError(f"no labelled cells to compute {prefix}* metrics on")
@@ -86,10 +169,23 @@ def classification_metrics(cells: pd.DataFrame, prefix: str = "test/") -> dict[s
         f"{prefix}auroc": multiclass_auroc(probs, target, k, average="macro"),
         f"{prefix}ece": multiclass_calibration_error(probs, target, k, n_bins=15, norm="l1"),
     }
-    for day, group in cells.groupby("day"):
-        hit = (group["predicted"] == group["label"]).mean()
-        metrics[f"{prefix}acc_day{day:g}"] = hit
+    if set(LOGIT_COLUMNS) <= set(cells.columns):
+        raw = torch.tensor(cells[LOGIT_COLUMNS].to_numpy(), dtype=torch.float64).softmax(1)
+        metrics[f"{prefix}ece_uncalibrated"] = multiclass_calibration_error(
+            raw, target, k, n_bins=15, norm="l1"
+        )
+    if "ood" in cells and cells["ood_score"].notna().any():
+        metrics[f"{prefix}ood_frac"] = cells["ood"].mean()
+    for day, acc in accuracy_by_day(cells).items():
+        metrics[day_metric(prefix, day)] = acc
     return {name: float(value) for name, value in metrics.items()}
+
+
+def accuracy_by_day(cells: pd.DataFrame) -> dict[float, float]:
+    """Accuracy of the labelled cells of each day of culture."""
+    cells = cells[cells["label"] != ""]
+    hits = (cells["predicted"] == cells["label"]).groupby(cells["day"]).mean()
+    return {float(day): float(acc) for day, acc in hits.items()}
 
 
 def confusion(cells: pd.DataFrame) -> np.ndarray:
@@ -100,31 +196,77 @@ def confusion(cells: pd.DataFrame) -> np.ndarray:
     return multiclass_confusion_matrix(preds, target, len(CLASSES)).numpy()
 
 
-def fate_fractions(cells: pd.DataFrame, by: tuple[str, ...] = ("condition",)) -> pd.DataFrame:
-    """Predicted (and, where labels are known, true) fraction of each fate per group of cells."""
+def fate_fractions(
+    cells: pd.DataFrame,
+    estimator: FateEstimator | None,
+    by: tuple[str, ...] = ("condition",),
+) -> pd.DataFrame:
+    """One row per group x fate: cells, classify-and-count fraction, corrected estimate with its
+    interval, share of OOD cells and (where labels are known) the true fraction.
+
+    Without an estimator (a model from before calibration) the estimate is the count itself and
+    the interval bootstraps the group's cells only.
+    """
     rows = []
-    for key, group in cells.groupby(list(by)):
+    for i, (key, group) in enumerate(cells.groupby(list(by), sort=True, dropna=False)):
         key = key if isinstance(key, tuple) else (key,)
-        row = dict(zip(by, key, strict=True)) | {"n_cells": len(group)}
-        labelled = group[group["label"] != ""]
-        for c in CLASSES:
-            row[f"pred_frac_{c}"] = float((group["predicted"] == c).mean())
-            row[f"true_frac_{c}"] = (
-                float((labelled["label"] == c).mean()) if len(labelled) else np.nan
+        interval = _group_estimate(group, estimator, seed=i)
+        labelled = group[group["label"] != ""] if "label" in group else group.iloc[:0]
+        ood = float(group["ood"].mean()) if "ood" in group else np.nan
+        for j, fate in enumerate(CLASSES):
+            rows.append(
+                dict(zip(by, key, strict=True))
+                | {
+                    "fate": fate,
+                    "n_cells": len(group),
+                    "raw_frac": float((group["predicted"] == fate).mean()),
+                    "est_frac": float(interval.estimate[j]),
+                    "ci_low": float(interval.low[j]),
+                    "ci_high": float(interval.high[j]),
+                    "ood_frac": ood,
+                    "true_frac": float((labelled["label"] == fate).mean())
+                    if len(labelled)
+                    else np.nan,
+                }
             )
-        rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=[*by, *FRACTION_COLUMNS, "true_frac"])
+
+
+def _group_estimate(group: pd.DataFrame, estimator: FateEstimator | None, seed: int) -> Interval:
+    if estimator is not None:
+        return estimator.fractions(group[LOGIT_COLUMNS].to_numpy(), seed=seed)
+    hard = np.eye(len(CLASSES))[group["predicted"].map(CLASSES.index).to_numpy()]
+    rng = np.random.default_rng(seed)
+    draws = [hard[rng.integers(0, len(hard), len(hard))].mean(0) for _ in range(200)]
+    low, high = np.quantile(np.stack(draws), [0.025, 0.975], axis=0)
+    point = hard.mean(0)
+    return Interval(point, np.minimum(low, point), np.maximum(high, point))
 
 
 def fraction_metrics(fractions: pd.DataFrame) -> dict[str, float]:
-    """``indep/{condition}/pred_frac_{class}`` and ``.../true_frac_{class}`` from a fractions table."""
-    metrics = {}
+    """Per-condition metrics of a fractions table (grouped by condition) and the error summary."""
+    metrics: dict[str, float] = {}
     for row in fractions.to_dict("records"):
-        name = safe_name(row["condition"])
-        for c in CLASSES:
-            metrics[f"indep/{name}/pred_frac_{c}"] = row[f"pred_frac_{c}"]
-            if not np.isnan(row[f"true_frac_{c}"]):
-                metrics[f"indep/{name}/true_frac_{c}"] = row[f"true_frac_{c}"]
+        base, fate = f"indep/{safe_name(row['condition'])}", row["fate"]
+        metrics |= {
+            f"{base}/pred_frac_{fate}": row["raw_frac"],
+            f"{base}/est_frac_{fate}": row["est_frac"],
+            f"{base}/est_frac_{fate}_lo": row["ci_low"],
+            f"{base}/est_frac_{fate}_hi": row["ci_high"],
+        }
+        if np.isfinite(row["ood_frac"]):
+            metrics[f"{base}/ood_frac"] = row["ood_frac"]
+        if np.isfinite(row["true_frac"]):
+            metrics[f"{base}/true_frac_{fate}"] = row["true_frac"]
+    known = fractions[np.isfinite(fractions["true_frac"])]
+    if len(known):
+        raw_err = (known["raw_frac"] - known["true_frac"]).abs()
+        err = (known["est_frac"] - known["true_frac"]).abs()
+        metrics |= {
+            "indep/frac_mae_raw": float(raw_err.mean()),
+            "indep/frac_mae": float(err.mean()),
+            "indep/frac_max_err": float(err.max()),
+        }
     return metrics
 
 
@@ -138,33 +280,36 @@ class Evaluation:
     accuracy_by_day: dict[float, float] = field(default_factory=dict)
     fractions: pd.DataFrame = field(default_factory=pd.DataFrame)
     fractions_by_day: pd.DataFrame = field(default_factory=pd.DataFrame)
+    estimator: FateEstimator | None = None
 
 
-def evaluate(model: torch.nn.Module, datamodule, parts: list[str] | None = None) -> Evaluation:
-    """Predict the test split and every independent condition, then compute all test metrics."""
+def evaluate(
+    model: torch.nn.Module,
+    datamodule,
+    estimator: FateEstimator,
+    parts: list[str] | None = None,
+) -> Evaluation:
+    """Predict the test split and every independent condition with calibrated probabilities and
+    OOD flags, then compute the test metrics and the corrected fate fractions."""
     parts = parts or [p for p in datamodule.parts if p == TEST or p.startswith(INDEP)]
-    tables = [predict_loader(model, datamodule.loader(part)) for part in parts]
+    tables = [cell_table(infer(model, datamodule.loader(part)), estimator) for part in parts]
     cells = attach_cells(
         pd.concat(tables, ignore_index=True), datamodule.store.index, datamodule.split
     )
     test = cells[cells["split"] == TEST]
     indep = cells[cells["split"].str.startswith(INDEP)]
     metrics = classification_metrics(test)
-    fractions = fate_fractions(indep) if len(indep) else pd.DataFrame()
-    if len(fractions):
+    fractions = by_day = pd.DataFrame()
+    if len(indep):
+        fractions = fate_fractions(indep, estimator)
         metrics |= fraction_metrics(fractions)
-    by_day = {
-        float(k.removeprefix("test/acc_day")): v
-        for k, v in metrics.items()
-        if k.startswith("test/acc_day")
-    }
+        by_day = fate_fractions(indep, estimator, by=("condition", "day"))
     return Evaluation(
         metrics=metrics,
         cells=cells,
         confusion=confusion(test),
-        accuracy_by_day=by_day,
+        accuracy_by_day=accuracy_by_day(test),
         fractions=fractions,
-        fractions_by_day=fate_fractions(indep, by=("condition", "day"))
-        if len(indep)
-        else pd.DataFrame(),
+        fractions_by_day=by_day,
+        estimator=estimator,
     )

@@ -1,4 +1,5 @@
-"""Figures people would rather look at than numbers: confusion matrix, accuracy by day, fate fractions."""
+"""Figures people would rather look at than numbers: confusion matrix, accuracy by day, reliability,
+fate fractions."""
 
 from __future__ import annotations
 
@@ -58,29 +59,72 @@ def accuracy_by_day_figure(
 
 
 def fate_fraction_figure(fractions: pd.DataFrame) -> Figure:
-    """Predicted vs true fraction of each fate, one group of bars per independent condition."""
-    conditions = list(fractions["condition"])
+    """Per independent condition: counted and corrected fraction of each fate (with its 95 %
+    interval), next to the true fraction where it is known."""
+    conditions = list(dict.fromkeys(fractions["condition"]))
     fig, axes = plt.subplots(
-        1, len(conditions), figsize=(2.6 * len(conditions) + 0.6, 3.2), squeeze=False, sharey=True
+        1, len(conditions), figsize=(2.8 * len(conditions) + 0.6, 3.4), squeeze=False, sharey=True
     )
     x = np.arange(len(CLASSES))
-    for ax, row in zip(axes[0], fractions.to_dict("records"), strict=True):
+    for ax, cond in zip(axes[0], conditions, strict=True):
+        rows = fractions[fractions["condition"] == cond].set_index("fate").loc[list(CLASSES)]
+        if rows["true_frac"].notna().all():
+            ax.bar(x - 0.27, rows["true_frac"], 0.27, label="true", color="lightgrey")
+        ax.bar(x, rows["raw_frac"], 0.27, label="counted", color="tab:orange", alpha=0.7)
         ax.bar(
-            x - 0.2, [row[f"true_frac_{c}"] for c in CLASSES], 0.4, label="true", color="lightgrey"
-        )
-        ax.bar(
-            x + 0.2,
-            [row[f"pred_frac_{c}"] for c in CLASSES],
-            0.4,
-            label="predicted",
+            x + 0.27,
+            rows["est_frac"],
+            0.27,
+            yerr=[rows["est_frac"] - rows["ci_low"], rows["ci_high"] - rows["est_frac"]],
+            capsize=2,
+            label="estimated (95 % CI)",
             color="tab:blue",
         )
         ax.set_xticks(x, [c[:5] for c in CLASSES])
-        ax.set_title(f"{row['condition']} (n={row['n_cells']})", fontsize=9)
+        ood = rows["ood_frac"].iloc[0]
+        extra = f", OOD {ood:.0%}" if np.isfinite(ood) else ""
+        ax.set_title(f"{cond} (n={rows['n_cells'].iloc[0]}{extra})", fontsize=9)
     axes[0, 0].set_ylabel("fraction of cells")
     axes[0, 0].set_ylim(0, 1)
-    axes[0, -1].legend(fontsize=8)
+    axes[0, -1].legend(fontsize=7)
     fig.suptitle("fate fractions by condition")
+    fig.tight_layout()
+    return fig
+
+
+def reliability_figure(cells: pd.DataFrame, n_bins: int = 15) -> Figure:
+    """Reliability diagram of the labelled cells: accuracy against confidence, before and after
+    calibration (a calibrated model follows the diagonal)."""
+    from nscfate.training.evaluate import LOGIT_COLUMNS, PROB_COLUMNS
+
+    cells = cells[cells["label"] != ""]
+    target = cells["label"].map(CLASSES.index).to_numpy()
+    logits = cells[LOGIT_COLUMNS].to_numpy()
+    raw = np.exp(logits - logits.max(axis=1, keepdims=True))
+    raw /= raw.sum(axis=1, keepdims=True)
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    edges = np.linspace(0, 1, n_bins + 1)
+    for probs, name, style in (
+        (raw, "uncalibrated", "s--"),
+        (cells[PROB_COLUMNS].to_numpy(), "calibrated", "o-"),
+    ):
+        conf, hit = probs.max(axis=1), probs.argmax(axis=1) == target
+        bins = np.clip(np.digitize(conf, edges) - 1, 0, n_bins - 1)
+        used = [b for b in range(n_bins) if (bins == b).any()]
+        ax.plot(
+            [conf[bins == b].mean() for b in used],
+            [hit[bins == b].mean() for b in used],
+            style,
+            label=name,
+            ms=4,
+        )
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0.3, 1)
+    ax.set_ylim(0.3, 1)
+    ax.set_title("test reliability")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -1,4 +1,5 @@
-"""``train(cfg)``: fit, reload the best checkpoint, evaluate test split and independent conditions.
+"""``train(cfg)``: fit, reload the best checkpoint, calibrate and fit the OOD detector on held-out
+cells, evaluate test split and independent conditions.
 
 A flat script in the lightning-hydra-template style: every object comes from
 ``hydra.utils.instantiate``; loggers and extra callbacks (MLflow, Optuna pruning) are handed in by
@@ -20,8 +21,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from nscfate.data.splits import TRAIN, VAL
 from nscfate.errors import NscfateError, user_error_in
+from nscfate.estimation import ESTIMATION_KEY, EstimationSettings, FateEstimator
+from nscfate.files import atomic_write
 from nscfate.redact import redact_values
-from nscfate.training.evaluate import TEST_METRICS, evaluate, is_known_metric
+from nscfate.training.evaluate import (
+    FRACTION_SUMMARY,
+    TEST_METRICS,
+    evaluate,
+    fit_estimator_on,
+    is_known_metric,
+)
 from nscfate.training.health import check_run
 from nscfate.training.module import FIT_METRICS, FateClassifier
 from nscfate.training.recipe import fit_to_data
@@ -33,7 +42,14 @@ def check_objective(name: str) -> None:
     """Fail before training when the objective is a metric that is never logged."""
     if not is_known_metric(name, FIT_METRICS):
         known = ", ".join(
-            [*FIT_METRICS, *TEST_METRICS, "test/acc_day<d>", "indep/<condition>/pred_frac_<class>"]
+            [
+                *FIT_METRICS,
+                *TEST_METRICS,
+                *FRACTION_SUMMARY,
+                "test/acc_day<d>",
+                "indep/<condition>/pred_frac_<class>",
+                "indep/<condition>/est_frac_<class>",
+            ]
         )
         raise NscfateError(
             f"objective={name!r} is not a metric nscfate logs; expected one of {known}"
@@ -125,7 +141,11 @@ def train(
         module.load_state_dict(
             torch.load(best, map_location=module.device, weights_only=True)["state_dict"]
         )
-    evaluation = evaluate(module, datamodule)
+    log.info("Calibrating on the validation split, fitting the OOD detector")
+    estimator = fit_estimator_on(module, datamodule, EstimationSettings.from_config(cfg))
+    if best:
+        save_estimator(best, estimator)
+    evaluation = evaluate(module, datamodule, estimator)
     metrics |= evaluation.metrics
     warnings = check_run(metrics, evaluation.cells)
     for warning in warnings:
@@ -135,6 +155,14 @@ def train(
         "best_checkpoint": best,
         "warnings": warnings,
     }
+
+
+def save_estimator(checkpoint: str, estimator: FateEstimator) -> None:
+    """Add the fitted calibration/OOD/correction state to a checkpoint (rewritten atomically)."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ckpt[ESTIMATION_KEY] = estimator.state()
+    with atomic_write(checkpoint) as tmp:
+        torch.save(ckpt, tmp)
 
 
 def best_checkpoint(trainer: L.Trainer) -> str | None:

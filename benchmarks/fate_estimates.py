@@ -1,0 +1,312 @@
+"""How right are the fate fractions, how sure, and which crops are unlike the training data?
+
+    python benchmarks/fate_estimates.py [--seeds 0,1,2,3,4] [--reuse URI]
+                                        [--out benchmarks/results/fate_estimates.json]
+
+For each training seed, one real ``nscfate-train experiment=cpu_baseline seed=S`` process (the
+demo), then, from what that run logged (its metrics, per-cell predictions and pyfunc model):
+
+- the shipped estimates: ``indep/frac_mae`` / ``frac_max_err`` next to ``frac_mae_raw``, ``test/ece``
+  before and after calibration, interval coverage (share of condition x fate intervals holding the
+  truth) and mean half-width;
+- every calibration x quantification method on the same logits (point estimates), so the default
+  is chosen by measurement;
+- OOD: AUROC of the pyfunc's ``ood_score`` between in-distribution test crops and blank crops,
+  pure noise, non-cell crops (cut from the sample photographs scikit-learn and matplotlib ship) and
+  fluorescence-like crops (a bright cell on black); the flag rate on the test crops; the share of
+  the six real crops in ../shared/samples/zhu2021 flagged.
+
+The generator's inducer proportions and microscope shift are the truth; nothing here feeds them
+to training or estimation. ``--reuse URI`` re-analyses the runs already in a tracking store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from nscfate.data.schema import CLASSES
+from nscfate.data.store import open_store
+from nscfate.estimation import EstimationSettings, FateEstimator, fit_estimator
+from nscfate.estimation.calibration import METHODS as CALIBRATIONS
+from nscfate.estimation.calibration import fit_calibration
+from nscfate.estimation.quantify import METHODS, Reference, estimate
+from nscfate.training.evaluate import LOGIT_COLUMNS
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO.parent / "shared" / "samples" / "zhu2021"
+EXPERIMENT = "fate-estimates"
+
+
+def train(seed: int, uri: str, tmp: Path) -> str:
+    """One demo run with training seed ``seed``; returns its run id."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "nscfate.cli.train",
+        "experiment=cpu_baseline",
+        f"seed={seed}",
+        f"tracking.uri={uri}",
+        f"tracking.experiment={EXPERIMENT}",
+        f"tracking.run_name=seed{seed}",
+        f"hydra.run.dir={tmp}/run-{seed}",
+        "trainer.enable_progress_bar=false",
+        "~callbacks.rich_progress_bar",
+    ]
+    start = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"seed {seed} failed: {proc.stderr[-2000:]}")
+    print(f"seed {seed}: trained in {time.time() - start:.0f} s", flush=True)
+    runs = MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name(EXPERIMENT).experiment_id],
+        f"tags.mlflow.runName = 'seed{seed}'",
+        order_by=["attributes.start_time DESC"],
+    )
+    return runs[0].info.run_id
+
+
+def shipped(run: mlflow.entities.Run, fractions: pd.DataFrame) -> dict:
+    """The run's own figures (default calibration and method) and its interval coverage."""
+    m = run.data.metrics
+    hit = (fractions["ci_low"] <= fractions["true_frac"]) & (
+        fractions["true_frac"] <= fractions["ci_high"]
+    )
+    half = (fractions["ci_high"] - fractions["ci_low"]) / 2
+    keys = ["indep/frac_mae_raw", "indep/frac_mae", "indep/frac_max_err", "test/ece"]
+    keys += ["test/ece_uncalibrated", "test/ood_frac", "test/f1_macro", "test/acc"]
+    return {k: round(m[k], 4) for k in keys} | {
+        "coverage": round(float(hit.mean()), 3),
+        "n_intervals": int(len(hit)),
+        "half_width_mean": round(float(half.mean()), 4),
+        "half_width_max": round(float(half.max()), 4),
+    }
+
+
+def method_grid(cells: pd.DataFrame, estimator: FateEstimator) -> dict:
+    """Point-estimate error of every calibration x quantification method on the same logits."""
+    indep = cells[cells["split"].str.startswith("indep:")]
+    out = {}
+    for calibration_method in CALIBRATIONS:
+        cal = fit_calibration(estimator.val_logits, estimator.val_labels, calibration_method)
+        ref = Reference(cal.probabilities(estimator.val_logits), estimator.val_labels)
+        for method in METHODS:
+            errors = []
+            for _, group in indep.groupby("condition"):
+                truth = group["label"].value_counts(normalize=True).reindex(CLASSES, fill_value=0)
+                est = estimate(method, cal.probabilities(group[LOGIT_COLUMNS].to_numpy()), ref)
+                errors += list(np.abs(est - truth.to_numpy()))
+            out[f"{calibration_method}+{method}"] = {
+                "mae": round(float(np.mean(errors)), 4),
+                "max_err": round(float(np.max(errors)), 4),
+            }
+    return out
+
+
+#: Calibration + method pairs whose intervals are also measured (coverage, half-width).
+INTERVAL_CANDIDATES = ("bcts+emq", "vs+emq", "bcts+pacc", "vs+pacc")
+
+
+def interval_grid(cells: pd.DataFrame, estimator: FateEstimator) -> dict:
+    """Coverage and half-width of the bootstrap intervals of a few candidate defaults."""
+    indep = cells[cells["split"].str.startswith("indep:")]
+    out = {}
+    for pair in INTERVAL_CANDIDATES:
+        calibration, method = pair.split("+")
+        settings = EstimationSettings(calibration=calibration, quantify=method)
+        candidate = fit_estimator(settings, estimator.val_logits, estimator.val_labels)
+        hits, halves, errors = [], [], []
+        for i, (_, group) in enumerate(indep.groupby("condition")):
+            truth = group["label"].value_counts(normalize=True).reindex(CLASSES, fill_value=0)
+            interval = candidate.fractions(group[LOGIT_COLUMNS].to_numpy(), seed=i)
+            truth = truth.to_numpy()
+            hits += list((interval.low <= truth) & (truth <= interval.high))
+            halves += list((interval.high - interval.low) / 2)
+            errors += list(np.abs(interval.estimate - truth))
+        out[pair] = {
+            "mae": round(float(np.mean(errors)), 4),
+            "coverage": round(float(np.mean(hits)), 3),
+            "half_width_mean": round(float(np.mean(halves)), 4),
+        }
+    return out
+
+
+def grey(path: Path) -> np.ndarray:
+    """An image file as 8-bit grey."""
+    return np.asarray(Image.open(path).convert("L"))
+
+
+def probe_sets(size: int, background: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Crops no bright-field cell model should recognise (uint8, N x size x size)."""
+    n = 200
+    blank = np.clip(background + rng.normal(0, 1.0, (n, size, size)), 0, 255)
+    noise = rng.integers(0, 256, (n, size, size)).astype(np.float64)
+    import matplotlib.cbook
+    import sklearn.datasets
+
+    photos = [grey(Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))]
+    photos += [
+        np.asarray(Image.fromarray(img).convert("L"))
+        for img in sklearn.datasets.load_sample_images().images
+    ]
+    scenes = []
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        y, x = (
+            rng.integers(0, photo.shape[0] - 4 * size),
+            rng.integers(0, photo.shape[1] - 4 * size),
+        )
+        patch = Image.fromarray(photo[y : y + 4 * size, x : x + 4 * size]).resize((size, size))
+        scenes.append(np.asarray(patch, dtype=np.float64))
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    fluo = []
+    for _ in range(n):
+        a, b = rng.uniform(5, 12, 2)
+        theta = rng.uniform(0, np.pi)
+        u = xx * np.cos(theta) + yy * np.sin(theta)
+        v = -xx * np.sin(theta) + yy * np.cos(theta)
+        cell = np.exp(-(((u / a) ** 2 + (v / b) ** 2) ** 1.5)) * rng.uniform(150, 250)
+        fluo.append(np.clip(cell + rng.normal(5, 3, (size, size)), 0, 255))
+    return {
+        "blank": blank,
+        "noise": noise,
+        "non_cell_photos": np.stack(scenes),
+        "fluorescence_like": np.stack(fluo),
+    }
+
+
+def ood_figures(run: mlflow.entities.Run, cells: pd.DataFrame, rng: np.random.Generator) -> dict:
+    """AUROC of the pyfunc's OOD score: in-distribution test crops vs each probe set."""
+    model = mlflow.pyfunc.load_model(run.data.tags["nscfate.model_uri"])
+    store = open_store(run.data.tags["nscfate.dataset_path"])
+    test_rows = np.sort(cells.loc[cells["split"] == "test", "row"].to_numpy())
+    crops = np.asarray(store.images[test_rows]).astype(np.float32)
+    inside = model.predict(crops)
+    size = crops.shape[1]
+    background = float(np.median(crops[:, :3, :]))
+    rate = model.unwrap_python_model().estimator.ood.false_alarm_rate
+    out = {
+        "false_alarm_rate": rate,
+        "test_flag_rate": round(float(inside["ood"].mean()), 4),
+        "n_test": int(len(inside)),
+    }
+    for name, probe in probe_sets(size, background, rng).items():
+        answer = model.predict(probe.astype(np.float32))
+        scores = answer["ood_score"].to_numpy()
+        labels = np.r_[np.zeros(len(inside)), np.ones(len(scores))]
+        auroc = roc_auc_score(labels, np.r_[inside["ood_score"].to_numpy(), scores])
+        out[f"auroc_{name}"] = round(float(auroc), 4)
+        out[f"flagged_{name}"] = round(float(answer["ood"].mean()), 4)
+    if SAMPLES.is_dir():
+        real = [grey(p) for p in sorted(SAMPLES.glob("*.png"))]
+        flags = model.unwrap_python_model().predict(None, real)["ood"]
+        out["real_crops_flagged"] = f"{int(flags.sum())}/{len(flags)}"
+    return out
+
+
+def analyse(uri: str, run_id: str, seed: int) -> dict:
+    """Every figure of one run."""
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        cells = pd.read_csv(
+            client.download_artifacts(run_id, "predictions/cells.csv", tmp), keep_default_na=False
+        )
+        fractions = pd.read_csv(
+            client.download_artifacts(run_id, "predictions/fate_fractions.csv", tmp)
+        )
+    mlflow.set_tracking_uri(uri)
+    estimator = (
+        mlflow.pyfunc.load_model(run.data.tags["nscfate.model_uri"]).unwrap_python_model().estimator
+    )
+    return {
+        "seed": seed,
+        "run_id": run_id,
+        "shipped": shipped(run, fractions),
+        "methods": method_grid(cells, estimator),
+        "intervals": interval_grid(cells, estimator),
+        "ood": ood_figures(run, cells, np.random.default_rng(seed)),
+    }
+
+
+def summarise(results: list[dict]) -> dict:
+    """Mean and worst over seeds of the shipped figures; mean MAE of each method."""
+    shipped_keys = results[0]["shipped"].keys()
+    summary = {
+        k: {
+            "mean": round(float(np.mean([r["shipped"][k] for r in results])), 4),
+            "worst": round(float(max(r["shipped"][k] for r in results)), 4)
+            if k not in ("coverage", "test/f1_macro", "test/acc")
+            else round(float(min(r["shipped"][k] for r in results)), 4),
+        }
+        for k in shipped_keys
+    }
+    methods = results[0]["methods"].keys()
+    summary["methods_mean_mae"] = {
+        m: round(float(np.mean([r["methods"][m]["mae"] for r in results])), 4) for m in methods
+    }
+    summary["methods_mean_max_err"] = {
+        m: round(float(np.mean([r["methods"][m]["max_err"] for r in results])), 4) for m in methods
+    }
+    summary["intervals_mean"] = {
+        pair: {
+            k: round(float(np.mean([r["intervals"][pair][k] for r in results])), 4)
+            for k in ("mae", "coverage", "half_width_mean")
+        }
+        for pair in INTERVAL_CANDIDATES
+    }
+    ood_keys = [k for k in results[0]["ood"] if k.startswith(("auroc_", "test_flag"))]
+    summary["ood_worst"] = {
+        k: round(float((max if k == "test_flag_rate" else min)(r["ood"][k] for r in results)), 4)
+        for k in ood_keys
+    }
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--reuse", default=None, help="analyse the runs already in this store")
+    parser.add_argument("--out", default=str(REPO / "benchmarks/results/fate_estimates.json"))
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="fate-estimates-"))
+    uri = args.reuse or f"sqlite:///{tmp}/mlflow.db"
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    results = []
+    for seed in seeds:
+        if args.reuse:
+            client = MlflowClient(uri)
+            exp = client.get_experiment_by_name(EXPERIMENT)
+            run_id = client.search_runs([exp.experiment_id], f"tags.mlflow.runName = 'seed{seed}'")[
+                0
+            ].info.run_id
+        else:
+            run_id = train(seed, uri, tmp)
+        results.append(analyse(uri, run_id, seed))
+        print(json.dumps(results[-1]["shipped"] | results[-1]["ood"]), flush=True)
+    report = {
+        "command": "python benchmarks/fate_estimates.py --seeds " + args.seeds,
+        "summary": summarise(results),
+        "runs": results,
+    }
+    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report["summary"], indent=1))
+    print(f"-> {args.out} (runs in {uri})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Everything fit after training that turns logits into trustworthy answers, in one object.
+
+A :class:`FateEstimator` holds the calibration, the OOD detector and the validation cells (logits
+and labels) the fate-fraction correction and its intervals are learned from. It is fit once after
+training (:func:`fit_estimator`), saved in the checkpoint and the pyfunc model (:meth:`state`), and
+applied wherever probabilities and fractions are produced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+
+from nscfate.estimation.calibration import Calibration, fit_calibration
+from nscfate.estimation.ood import OodDetector, fit_ood
+from nscfate.estimation.quantify import (
+    Interval,
+    Reference,
+    bootstrap_references,
+    check_method,
+    estimate_with_interval,
+)
+
+#: Where a checkpoint keeps the estimator state (calibration, OOD detector, validation cells).
+ESTIMATION_KEY = "nscfate_estimation"
+
+
+@dataclass(frozen=True)
+class EstimationSettings:
+    """``calibration.method``, ``quantify.*`` and ``ood.*`` of the run config."""
+
+    calibration: str = "bcts"
+    quantify: str = "emq"
+    n_boot: int = 200
+    level: float = 0.95
+    false_alarm_rate: float = 0.01
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> EstimationSettings:
+        """Read the settings from a run config (missing keys keep their defaults)."""
+        get = lambda node, key, default: (cfg.get(node) or {}).get(key, default)  # noqa: E731
+        return cls(
+            calibration=get("calibration", "method", cls.calibration),
+            quantify=get("quantify", "method", cls.quantify),
+            n_boot=int(get("quantify", "n_boot", cls.n_boot)),
+            level=float(get("quantify", "level", cls.level)),
+            false_alarm_rate=float(get("ood", "false_alarm_rate", cls.false_alarm_rate)),
+            seed=int(cfg.get("seed", 0)),
+        )
+
+
+@dataclass
+class FateEstimator:
+    """Calibrated probabilities, OOD scores and corrected fate fractions for a trained model."""
+
+    settings: EstimationSettings
+    calibration: Calibration
+    val_logits: np.ndarray
+    val_labels: np.ndarray
+    ood: OodDetector | None = None
+    _resamples: list = field(default=None, repr=False)  # type: ignore[assignment]
+
+    @classmethod
+    def plain(cls, num_classes: int) -> FateEstimator:
+        """No calibration, no OOD detector, classify-and-count fractions (models logged before
+        estimators existed)."""
+        empty = np.zeros((0, num_classes))
+        return cls(
+            EstimationSettings(calibration="none", quantify="cc", n_boot=0),
+            Calibration.identity(num_classes),
+            empty,
+            np.zeros(0, dtype=np.int64),
+        )
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities."""
+        return self.calibration.probabilities(logits)
+
+    def uncalibrated(self, logits: np.ndarray) -> np.ndarray:
+        """Plain softmax of the logits."""
+        return Calibration.identity(np.asarray(logits).shape[1]).probabilities(logits)
+
+    def ood_scores(self, features: np.ndarray) -> np.ndarray:
+        """Per-cell OOD score (NaN when the model has no detector)."""
+        if self.ood is None:
+            return np.full(len(features), np.nan)
+        return self.ood.scores(features)
+
+    def ood_flags(self, scores: np.ndarray) -> np.ndarray:
+        """True for cells flagged as unlike the training data."""
+        if self.ood is None:
+            return np.zeros(len(scores), dtype=bool)
+        return self.ood.flags(scores)
+
+    @cached_property
+    def reference(self) -> Reference:
+        """The validation cells' calibrated posteriors and labels."""
+        return Reference(self.probabilities(self.val_logits), self.val_labels)
+
+    def fractions(self, logits: np.ndarray, seed: int = 0) -> Interval:
+        """Corrected fate fractions of one group of cells, with a bootstrap interval."""
+        if self._resamples is None:
+            self._resamples = bootstrap_references(
+                self.val_logits,
+                self.val_labels,
+                self.calibration,
+                self.settings.n_boot,
+                self.settings.seed,
+            )
+        return estimate_with_interval(
+            self.settings.quantify,
+            np.asarray(logits, dtype=np.float64),
+            self.calibration,
+            self.reference,
+            self._resamples,
+            self.settings.level,
+            seed,
+        )
+
+    def state(self) -> dict:
+        """Tensors, numbers and strings only: loadable with ``torch.load(weights_only=True)``."""
+        return {
+            "settings": self.settings.__dict__.copy(),
+            "calibration": self.calibration.state(),
+            "val_logits": torch.as_tensor(self.val_logits, dtype=torch.float64),
+            "val_labels": torch.as_tensor(self.val_labels, dtype=torch.int64),
+            "ood": self.ood.state() if self.ood is not None else None,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> FateEstimator:
+        """Inverse of :meth:`state`."""
+        return cls(
+            EstimationSettings(**state["settings"]),
+            Calibration.from_state(state["calibration"]),
+            np.asarray(state["val_logits"], dtype=np.float64),
+            np.asarray(state["val_labels"], dtype=np.int64),
+            OodDetector.from_state(state["ood"]) if state.get("ood") else None,
+        )
+
+
+def fit_estimator(
+    settings: EstimationSettings,
+    val_logits: np.ndarray,
+    val_labels: np.ndarray,
+    train_features: np.ndarray | None = None,
+    train_labels: np.ndarray | None = None,
+    val_features: np.ndarray | None = None,
+) -> FateEstimator:
+    """Fit calibration on the validation cells and, given features, the OOD detector."""
+    check_method(settings.quantify)
+    calibration = fit_calibration(val_logits, val_labels, settings.calibration)
+    ood = None
+    if train_features is not None and val_features is not None:
+        ood = fit_ood(train_features, train_labels, val_features, settings.false_alarm_rate)
+    return FateEstimator(
+        settings,
+        calibration,
+        np.asarray(val_logits, np.float64),
+        np.asarray(val_labels, np.int64),
+        ood,
+    )

@@ -1,0 +1,124 @@
+"""Calibration, fate-fraction correction under prior shift with intervals, and the OOD detector,
+on simulated logits and features whose truth is known."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from nscfate.errors import NscfateError
+from nscfate.estimation import ESTIMATION_KEY, EstimationSettings, FateEstimator, fit_estimator
+from nscfate.estimation.calibration import Calibration, fit_calibration
+from nscfate.estimation.ood import fit_ood
+from nscfate.estimation.quantify import METHODS, Reference, estimate
+
+K = 3
+
+
+def simulate(prior, n, rng, sharpness=2.0, bias=(0.8, 0.0, -0.8)):
+    """Logits of an overconfident, biased classifier: class means ±1 apart, scaled by sharpness."""
+    labels = rng.choice(K, size=n, p=prior)
+    clean = np.eye(K)[labels] * 1.5 + rng.normal(0, 1.0, (n, K))
+    return sharpness * clean + np.asarray(bias), labels
+
+
+def ece(probs, labels, bins=15):
+    conf, hit = probs.max(1), probs.argmax(1) == labels
+    idx = np.clip((conf * bins).astype(int), 0, bins - 1)
+    return sum(
+        abs(conf[idx == b].mean() - hit[idx == b].mean()) * (idx == b).mean()
+        for b in range(bins)
+        if (idx == b).any()
+    )
+
+
+@pytest.mark.parametrize("method", ["ts", "bcts", "vs"])
+def test_calibration_lowers_ece_on_fresh_cells(method):
+    rng = np.random.default_rng(0)
+    val_logits, val_labels = simulate([1 / 3] * 3, 3000, rng)
+    test_logits, test_labels = simulate([1 / 3] * 3, 3000, rng)
+    plain = Calibration.identity(K).probabilities(test_logits)
+    fitted = fit_calibration(val_logits, val_labels, method)
+    calibrated = fitted.probabilities(test_logits)
+    assert ece(plain, test_labels) > 0.05
+    assert ece(calibrated, test_labels) < 0.025
+    assert np.allclose(calibrated.sum(1), 1)
+    if method == "ts":
+        assert fitted.temperature > 1.5  # the simulated classifier is 2x overconfident
+    assert Calibration.from_state(fitted.state()) == fitted
+
+
+def test_unknown_methods_are_one_line_errors():
+    with pytest.raises(NscfateError, match="calibration.method='platt': expected one of"):
+        fit_calibration(np.zeros((4, K)), np.arange(4) % K, "platt")
+    ref = Reference(np.full((3, K), 1 / K), np.arange(3))
+    with pytest.raises(NscfateError, match="quantify.method='magic': expected one of"):
+        estimate("magic", np.full((3, K), 1 / K), ref)
+
+
+def test_corrected_methods_beat_counting_under_prior_shift():
+    rng = np.random.default_rng(1)
+    val_logits, val_labels = simulate([1 / 3] * 3, 3000, rng)
+    calibration = fit_calibration(val_logits, val_labels, "bcts")
+    reference = Reference(calibration.probabilities(val_logits), val_labels)
+    shifted = np.array([0.65, 0.2, 0.15])
+    logits, labels = simulate(shifted, 4000, rng)
+    truth = np.bincount(labels, minlength=K) / len(labels)
+    probs = calibration.probabilities(logits)
+    errors = {m: np.abs(estimate(m, probs, reference) - truth).max() for m in METHODS}
+    assert errors["cc"] > 0.05  # counting is pulled toward the balanced training mix
+    for corrected in ("acc", "pacc", "emq"):
+        assert errors[corrected] < 0.03, errors
+        assert errors[corrected] < errors["cc"] / 2
+
+
+def test_intervals_cover_the_truth_and_state_round_trips():
+    rng = np.random.default_rng(2)
+    val_logits, val_labels = simulate([1 / 3] * 3, 1500, rng)
+    settings = EstimationSettings(n_boot=100)
+    estimator = fit_estimator(settings, val_logits, val_labels)
+    covered, total, widths = 0, 0, []
+    for trial in range(10):
+        prior = rng.dirichlet([2, 2, 2])
+        logits, labels = simulate(prior, 600, rng)
+        truth = np.bincount(labels, minlength=K) / len(labels)
+        interval = estimator.fractions(logits, seed=trial)
+        assert np.all(interval.low <= interval.estimate + 1e-12)
+        assert np.all(interval.estimate <= interval.high + 1e-12)
+        covered += int(np.sum((interval.low <= truth) & (truth <= interval.high)))
+        total += K
+        widths.append(np.mean(interval.high - interval.low) / 2)
+    assert covered / total >= 0.8
+    assert 0.005 < np.mean(widths) < 0.1
+    # what a checkpoint holds reloads with weights_only and gives the same answer
+    buffer = io.BytesIO()
+    torch.save({ESTIMATION_KEY: estimator.state()}, buffer)
+    buffer.seek(0)
+    again = FateEstimator.from_state(torch.load(buffer, weights_only=True)[ESTIMATION_KEY])
+    logits, _ = simulate([0.2, 0.2, 0.6], 300, rng)
+    first, second = estimator.fractions(logits, seed=5), again.fractions(logits, seed=5)
+    assert np.allclose(first.estimate, second.estimate)
+    assert np.allclose(first.low, second.low) and np.allclose(first.high, second.high)
+
+
+def test_ood_detector_flags_its_rate_and_separates_far_features():
+    rng = np.random.default_rng(3)
+    means = rng.normal(0, 3, (K, 16))
+
+    def features(n):
+        labels = rng.integers(0, K, n)
+        return means[labels] + rng.normal(0, 1, (n, 16)), labels
+
+    train_f, train_y = features(4000)
+    val_f, _ = features(2000)
+    detector = fit_ood(train_f, train_y, val_f, false_alarm_rate=0.05)
+    test_f, _ = features(4000)
+    rate = detector.flags(detector.scores(test_f)).mean()
+    assert abs(rate - 0.05) < 0.015
+    far = rng.normal(0, 1, (500, 16)) * 6
+    assert detector.flags(detector.scores(far)).mean() > 0.9
+    with pytest.raises(NscfateError, match="ood.false_alarm_rate=1.5"):
+        fit_ood(train_f, train_y, val_f, false_alarm_rate=1.5)
