@@ -68,6 +68,13 @@ def test_unknown_model_and_missing_store_fail_before_training(tmp_path, data_dir
         train(compose_train(tmp_path, data_dir, "model=timm", "model.name=resnt18"))
     with pytest.raises(NscfateError, match="dataset store .*nope does not exist"):
         train(compose_train(tmp_path, data_dir, "data=folder", f"data.path={tmp_path}/nope"))
+    for bad, message in (
+        ("quantify.method=magic", "quantify.method='magic': expected one of cc, pcc"),
+        ("calibration.method=platt", "calibration.method='platt': expected one of none, ts"),
+        ("ood.false_alarm_rate=5", "ood.false_alarm_rate=5.0: expected a number in"),
+    ):
+        with pytest.raises(NscfateError, match=message):
+            train(compose_train(tmp_path, data_dir, bad))
 
 
 class _Explode(Callback):

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from nscfate.errors import NscfateError
+from nscfate.estimation.calibration import METHODS as CALIBRATION_METHODS
 from nscfate.estimation.calibration import Calibration, fit_calibration
 from nscfate.estimation.ood import OodDetector, fit_ood
 from nscfate.estimation.quantify import (
@@ -39,6 +41,25 @@ class EstimationSettings:
     level: float = 0.95
     false_alarm_rate: float = 0.01
     seed: int = 0
+
+    def check(self) -> EstimationSettings:
+        """Fail with one line naming the setting on an unknown method or an impossible number."""
+        if self.calibration not in CALIBRATION_METHODS:
+            raise NscfateError(
+                f"calibration.method={self.calibration!r}: expected one of "
+                + ", ".join(CALIBRATION_METHODS)
+            )
+        check_method(self.quantify)
+        if not 0 < self.false_alarm_rate < 1:
+            raise NscfateError(
+                f"ood.false_alarm_rate={self.false_alarm_rate}: expected a number in (0, 1)"
+            )
+        if not 0 < self.level < 1 or self.n_boot < 0:
+            raise NscfateError(
+                f"quantify.level={self.level}, quantify.n_boot={self.n_boot}: expected a level in "
+                "(0, 1) and a number of rounds >= 0"
+            )
+        return self
 
     @classmethod
     def from_config(cls, cfg: Any) -> EstimationSettings:
@@ -153,7 +174,7 @@ def fit_estimator(
     val_features: np.ndarray | None = None,
 ) -> FateEstimator:
     """Fit calibration on the validation cells and, given features, the OOD detector."""
-    check_method(settings.quantify)
+    settings.check()
     calibration = fit_calibration(val_logits, val_labels, settings.calibration)
     ood = None
     if train_features is not None and val_features is not None:

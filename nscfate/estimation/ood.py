@@ -67,16 +67,12 @@ def fit_ood(
     """Fit class means and covariance on training features; set the threshold on validation."""
     if not 0 < false_alarm_rate < 1:
         raise NscfateError(f"ood.false_alarm_rate={false_alarm_rate}: expected a number in (0, 1)")
-    present = np.unique(train_labels)
-    if len(present) != present.max() + 1:
-        raise NscfateError(
-            "the OOD detector needs training cells of every class; classes present: "
-            f"{present.tolist()}"
-        )
     z = np.asarray(train_features, dtype=np.float64)
     labels = np.asarray(train_labels)
-    mu = np.stack([z[labels == k].mean(axis=0) for k in range(len(present))])
-    precision = LedoitWolf(assume_centered=True).fit(z - mu[labels]).precision_
+    present = np.unique(labels[labels >= 0])  # a class missing from training has no mean
+    mu = np.stack([z[labels == k].mean(axis=0) for k in present])
+    centred = z[labels >= 0] - mu[np.searchsorted(present, labels[labels >= 0])]
+    precision = LedoitWolf(assume_centered=True).fit(centred).precision_
     fitted = OodDetector(mu, precision, float("inf"), false_alarm_rate)
     val_scores = fitted.scores(val_features)
     fitted.threshold = float(np.quantile(val_scores, 1 - false_alarm_rate))

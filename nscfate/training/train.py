@@ -69,11 +69,12 @@ def build(node: Any, **kwargs: Any) -> Any:
 def prepare(cfg: DictConfig) -> tuple[DictConfig, Any]:
     """Check what can be checked before anything starts, set up the data, fit the recipe to it.
 
-    An unknown objective or architecture and a missing or broken store fail here, naming what is
-    wrong. Returns the config with the batch size and epochs the recipe chose for this data (see
+    An unknown objective, architecture or estimation setting and a missing or broken store fail
+    here, naming what is wrong. Returns the config with the batch size and epochs the recipe chose for this data (see
     ``nscfate.training.recipe``) and the set-up datamodule.
     """
     check_objective(cfg.objective)
+    EstimationSettings.from_config(cfg).check()
     build(cfg.model)  # an unknown architecture fails here, naming close matches
     datamodule = build(cfg.data)
     datamodule.prepare_data()
