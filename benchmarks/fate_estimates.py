@@ -34,9 +34,11 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import torch
 from mlflow import MlflowClient
 from PIL import Image
 from sklearn.metrics import roc_auc_score
+from torchmetrics.functional.classification import multiclass_calibration_error
 
 from nscfate.data.schema import CLASSES
 from nscfate.data.store import open_store
@@ -99,10 +101,15 @@ def shipped(run: mlflow.entities.Run, fractions: pd.DataFrame) -> dict:
 def method_grid(cells: pd.DataFrame, estimator: FateEstimator) -> dict:
     """Point-estimate error of every calibration x quantification method on the same logits."""
     indep = cells[cells["split"].str.startswith("indep:")]
+    test = cells[cells["split"] == "test"]
     out = {}
     for calibration_method in CALIBRATIONS:
         cal = fit_calibration(estimator.val_logits, estimator.val_labels, calibration_method)
         ref = Reference(cal.probabilities(estimator.val_logits), estimator.val_labels)
+        probs = torch.tensor(cal.probabilities(test[LOGIT_COLUMNS].to_numpy()))
+        target = torch.tensor(test["label"].map(CLASSES.index).to_numpy())
+        ece = multiclass_calibration_error(probs, target, len(CLASSES), n_bins=15, norm="l1")
+        out[f"ece_{calibration_method}"] = round(float(ece), 4)
         for method in METHODS:
             errors = []
             for _, group in indep.groupby("condition"):
@@ -254,7 +261,12 @@ def summarise(results: list[dict]) -> dict:
         }
         for k in shipped_keys
     }
-    methods = results[0]["methods"].keys()
+    methods = [m for m in results[0]["methods"] if not m.startswith("ece_")]
+    summary["ece_by_calibration_mean"] = {
+        m: round(float(np.mean([r["methods"][m] for r in results])), 4)
+        for m in results[0]["methods"]
+        if m.startswith("ece_")
+    }
     summary["methods_mean_mae"] = {
         m: round(float(np.mean([r["methods"][m]["mae"] for r in results])), 4) for m in methods
     }

@@ -113,16 +113,18 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
-#: A tiny synthetic store, read in-process, with a fixed batch size (not the recipe's auto).
+#: A tiny synthetic store, read in-process, with a fixed batch size (not the recipe's auto) and
+#: 20 bootstrap rounds for the fate-fraction intervals (200 by default).
 TINY_DATA = [
     "data.synthetic.cells_per_group=12",
     "data.synthetic.batches_per_group=4",
     "data.num_workers=0",
     "data.persistent_workers=false",
     "data.batch_size=32",
+    "quantify.n_boot=20",
 ]
-#: Overrides that make a training run take seconds on CPU (20 bootstrap rounds for the intervals).
-FAST = [*TINY_DATA, "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "quantify.n_boot=20"]
+#: Overrides that make a training run take seconds on CPU.
+FAST = [*TINY_DATA, "trainer.max_epochs=2", "trainer.log_every_n_steps=1"]
 
 
 def compose_train(tmp_path: Path, data_dir: Path, *overrides: str, fast: bool = True):

@@ -124,7 +124,11 @@ class FateEstimator:
         return Reference(self.probabilities(self.val_logits), self.val_labels)
 
     def fractions(self, logits: np.ndarray, seed: int = 0) -> Interval:
-        """Corrected fate fractions of one group of cells, with a bootstrap interval."""
+        """Corrected fate fractions of one group of cells, with a bootstrap interval (NaN for a
+        diverged network)."""
+        if not (np.isfinite(logits).all() and np.isfinite(self.val_logits).all()):
+            nan = np.full(np.asarray(logits).shape[1], np.nan)
+            return Interval(nan, nan, nan)
         if self._resamples is None:
             self._resamples = bootstrap_references(
                 self.val_logits,
@@ -175,9 +179,17 @@ def fit_estimator(
 ) -> FateEstimator:
     """Fit calibration on the validation cells and, given features, the OOD detector."""
     settings.check()
+    if not np.isfinite(val_logits).all():  # a diverged network: nothing to calibrate or measure
+        return FateEstimator(
+            settings,
+            Calibration.identity(np.asarray(val_logits).shape[1]),
+            np.asarray(val_logits, np.float64),
+            np.asarray(val_labels, np.int64),
+        )
     calibration = fit_calibration(val_logits, val_labels, settings.calibration)
     ood = None
-    if train_features is not None and val_features is not None:
+    features = (train_features, val_features)
+    if all(f is not None and np.isfinite(f).all() for f in features):
         ood = fit_ood(train_features, train_labels, val_features, settings.false_alarm_rate)
     return FateEstimator(
         settings,

@@ -27,7 +27,7 @@ from nscfate.data.splits import TEST, split_digest
 from nscfate.data.store import open_store
 from nscfate.errors import NscfateError
 from nscfate.tracking.predict import load_model
-from nscfate.training.evaluate import PROB_COLUMNS, classification_metrics
+from nscfate.training.evaluate import PROB_COLUMNS, TEST_METRICS, classification_metrics
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -282,7 +282,7 @@ def _record(client: MlflowClient, name: str, d: Decision, min_delta: float) -> N
         tags |= {
             f"nscfate.{k}": f"{v:.6f}"
             for k, v in d.challenger_metrics.items()
-            if not k.startswith("test/acc_day")
+            if k in TEST_METRICS  # the headline figures, not one per day
         }
         for key, value in tags.items():
             client.set_model_version_tag(name, d.challenger.version, key, value)

@@ -127,8 +127,14 @@ def fit_estimator_on(
     """Fit calibration (validation cells) and the OOD detector (training cells, unaugmented)."""
     val = infer(model, datamodule.loader(VAL))
     train = infer(model, datamodule.loader(TRAIN, augmented=False))
+    known = val.labels >= 0  # unlabelled cells (label -1) cannot teach the calibration
     return fit_estimator(
-        settings, val.logits, val.labels, train.features, train.labels, val.features
+        settings,
+        val.logits[known],
+        val.labels[known],
+        train.features,
+        train.labels,
+        val.features,
     )
 
 

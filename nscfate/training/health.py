@@ -11,9 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
+from nscfate.data.schema import CLASSES
 from nscfate.data.splits import TEST
+from nscfate.training.evaluate import LOGIT_COLUMNS
 
 #: A model that gives one fate to at least this share of the test cells predicts a single class.
 SINGLE_CLASS_SHARE = 0.98
@@ -40,12 +43,21 @@ class RunWarning:
 
 def check_run(metrics: Mapping[str, float], cells: pd.DataFrame) -> list[RunWarning]:
     """Warnings for a run from its metrics and its per-cell test predictions (``split``,
-    ``label``, ``predicted`` columns, as ``nscfate.training.evaluate`` makes them)."""
+    ``label``, ``predicted`` and ``logit_*`` columns, as ``nscfate.training.evaluate`` makes them).
+
+    The single-class check reads the network's own argmax (the logits): calibration's class biases
+    can spread a degenerate model's answers and hide that it learned one class."""
     test = cells[(cells["split"] == TEST) & (cells["label"] != "")]
     n_fates = test["label"].nunique()
     warnings = []
     if len(test) and n_fates >= 2:
-        shares = test["predicted"].value_counts(normalize=True)
+        raw = set(LOGIT_COLUMNS) <= set(test.columns)
+        own = (
+            pd.Series(np.asarray(CLASSES)[test[LOGIT_COLUMNS].to_numpy().argmax(axis=1)])
+            if raw
+            else test["predicted"]
+        )
+        shares = own.value_counts(normalize=True)
         if shares.iloc[0] >= SINGLE_CLASS_SHARE:
             warnings.append(
                 RunWarning(
