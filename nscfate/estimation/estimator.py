@@ -102,10 +102,6 @@ class FateEstimator:
         """Calibrated class probabilities."""
         return self.calibration.probabilities(logits)
 
-    def uncalibrated(self, logits: np.ndarray) -> np.ndarray:
-        """Plain softmax of the logits."""
-        return Calibration.identity(np.asarray(logits).shape[1]).probabilities(logits)
-
     def ood_scores(self, features: np.ndarray) -> np.ndarray:
         """Per-cell OOD score (NaN when the model has no detector)."""
         if self.ood is None:
