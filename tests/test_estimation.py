@@ -122,3 +122,19 @@ def test_ood_detector_flags_its_rate_and_separates_far_features():
     assert detector.flags(detector.scores(far)).mean() > 0.9
     with pytest.raises(NscfateError, match="ood.false_alarm_rate=1.5"):
         fit_ood(train_f, train_y, val_f, false_alarm_rate=1.5)
+
+
+def test_batched_em_equals_quapys_em_round_by_round():
+    from quapy.method.aggregative import EMQ
+
+    from nscfate.estimation.quantify import em_rounds
+
+    rng = np.random.default_rng(4)
+    priors = rng.dirichlet([3, 3, 3], 6)
+    priors[0] = [0.5, 0.5, 0.0]  # a class missing from the reference: QuaPy smooths it
+    posteriors = rng.dirichlet([1, 1, 1], (6, 80))
+    posteriors[1] = np.full((80, 3), 1 / 3)  # a model that knows nothing: EM runs to its limit
+    batched = em_rounds(priors, posteriors)
+    for b in range(6):
+        expected, _ = EMQ.EM(priors[b], posteriors[b])
+        assert np.allclose(batched[b], expected, atol=1e-12), b

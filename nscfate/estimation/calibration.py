@@ -17,6 +17,8 @@ from scipy.special import log_softmax
 from nscfate.errors import NscfateError
 
 METHODS = ("none", "ts", "bcts", "vs")
+#: Range of the fitted logit scale (1 / temperature) and of the class biases.
+MIN_SCALE, MAX_SCALE, MAX_BIAS = 0.05, 20.0, 10.0
 
 
 @dataclass(frozen=True)
@@ -86,9 +88,9 @@ def fit_calibrations(
     onehot = np.eye(k)[np.asarray(labels)]
     n_scale, n_bias = (k if method == "vs" else 1), (k if method in ("bcts", "vs") else 0)
     first = start or Calibration.identity(k)
-    theta0 = np.tile(
-        np.concatenate([np.log(first.scale[:n_scale]), np.asarray(first.bias)[:n_bias]]), b
-    )
+    start_scale = np.clip(first.scale[:n_scale], MIN_SCALE, MAX_SCALE)
+    start_bias = np.clip(first.bias[:n_bias], -MAX_BIAS, MAX_BIAS)
+    theta0 = np.tile(np.concatenate([np.log(start_scale), start_bias]), b)
     share = w / w.sum(axis=1, keepdims=True)  # (B, N): each problem's mean over its cells
 
     def nll(theta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -106,7 +108,15 @@ def fit_calibrations(
         loss = -(logp * onehot[None] * share[:, :, None]).sum()
         return float(loss), np.concatenate(grads, axis=1).ravel()
 
-    theta = minimize(nll, theta0, jac=True, method="L-BFGS-B").x.reshape(b, n_scale + n_bias)
+    # Bounded: on a few perfectly separated cells the likelihood keeps rising as the scale grows,
+    # and an unbounded search would run for thousands of steps toward an infinite scale.
+    bounds = (
+        [(np.log(MIN_SCALE), np.log(MAX_SCALE))] * n_scale + [(-MAX_BIAS, MAX_BIAS)] * n_bias
+    ) * b
+    fit = minimize(
+        nll, theta0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 500}
+    )
+    theta = fit.x.reshape(b, n_scale + n_bias)
     out = []
     for t in theta:
         scale = np.broadcast_to(np.exp(t[:n_scale]), (k,))

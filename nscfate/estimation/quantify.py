@@ -69,6 +69,28 @@ def estimate(method: str, probs: np.ndarray, reference: Reference) -> np.ndarray
     return np.asarray(normalize_prevalence(adjusted, method="clip"))
 
 
+def em_rounds(
+    priors: np.ndarray, posteriors: np.ndarray, epsilon: float = EMQ.EPSILON
+) -> np.ndarray:
+    """QuaPy's ``EMQ.EM`` run on B problems at once (priors B x K, posteriors B x N x K): the same
+    E and M steps and the same stopping rule for each problem, which stops as it converges."""
+    prior = np.array(priors, dtype=np.float64)
+    zero = prior.prod(axis=1) == 0  # QuaPy smooths a zero prior the same way
+    prior[zero] = (prior[zero] + epsilon) / (prior[zero] + epsilon).sum(axis=1, keepdims=True)
+    qs, previous = prior.copy(), None
+    done = np.zeros(len(prior), dtype=bool)
+    for step in range(EMQ.MAX_ITER):
+        ps = (qs / prior)[:, None, :] * posteriors
+        ps /= ps.sum(axis=2, keepdims=True)
+        new = np.where(done[:, None], qs, ps.mean(axis=1))
+        if previous is not None and step > 10:
+            done |= np.abs(new - previous).mean(axis=1) < epsilon
+        previous = qs = new
+        if done.all():
+            break
+    return qs
+
+
 @dataclass(frozen=True)
 class Interval:
     """A point estimate per class with its bootstrap interval."""
@@ -115,11 +137,14 @@ def estimate_with_interval(
     if not resamples:
         return Interval(point, point.copy(), point.copy())
     rng = np.random.default_rng(seed)
-    draws = []
-    for boot_calibration, boot_reference in resamples:
-        pick = rng.integers(0, len(logits), len(logits))
-        probs = boot_calibration.probabilities(logits[pick])
-        draws.append(estimate(method, probs, boot_reference))
+    picks = rng.integers(0, len(logits), (len(resamples), len(logits)))
+    probs = [
+        cal.probabilities(logits[pick]) for (cal, _), pick in zip(resamples, picks, strict=True)
+    ]
+    if method == "emq":  # every round at once: EM's Python loop is the cost, not its arithmetic
+        draws = em_rounds(np.stack([ref.prior for _, ref in resamples]), np.stack(probs))
+    else:
+        draws = [estimate(method, p, ref) for p, (_, ref) in zip(probs, resamples, strict=True)]
     alpha = (1 - level) / 2
     low, high = np.quantile(np.stack(draws), [alpha, 1 - alpha], axis=0)
     return Interval(point, np.minimum(low, point), np.maximum(high, point))
