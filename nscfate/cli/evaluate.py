@@ -13,9 +13,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from nscfate.cli.errors import friendly_errors  # noqa: E402
 from nscfate.errors import NscfateError  # noqa: E402
-from nscfate.paths import CONF_DIR, register_resolvers  # noqa: E402
-
-register_resolvers()
+from nscfate.paths import CONF_DIR  # noqa: E402  (also registers ${nscfate.repo:})
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")

@@ -12,12 +12,10 @@ from omegaconf import DictConfig  # noqa: E402
 
 from nscfate.cli.errors import friendly_errors  # noqa: E402
 from nscfate.errors import NscfateError  # noqa: E402
-from nscfate.paths import CONF_DIR, register_resolvers  # noqa: E402
-
-register_resolvers()
+from nscfate.paths import CONF_DIR  # noqa: E402  (also registers ${nscfate.repo:})
 
 
-def pick_candidate(cfg: DictConfig, client):  # noqa: ANN001, ANN201
+def pick_candidate(cfg: DictConfig, client):
     """The candidate named by exactly one of run_id, search.study or promote.experiment."""
     from nscfate.tracking.registry import best_run_of_experiment, candidate_from_run
 

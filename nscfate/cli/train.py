@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -11,10 +10,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from nscfate.cli.errors import friendly_errors  # noqa: E402
-from nscfate.paths import CONF_DIR, register_resolvers  # noqa: E402
-
-log = logging.getLogger("nscfate")
-register_resolvers()
+from nscfate.paths import CONF_DIR  # noqa: E402  (also registers ${nscfate.repo:})
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")

@@ -49,11 +49,10 @@ class Record:
 
 @dataclass
 class IngestReport:
-    """What an ingest did: cells written, files skipped (with reasons), files ignored."""
+    """What an ingest did: cells written and files skipped (with reasons)."""
 
     n_cells: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    ignored: int = 0
 
 
 def detect_format(src: Path) -> str:

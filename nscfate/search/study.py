@@ -36,7 +36,7 @@ class ExhaustibleGridSampler(optuna.samplers.GridSampler):
     """GridSampler for ask/tell loops: Optuna's calls ``study.stop()`` when the grid is used up,
     which is only legal inside ``study.optimize``; the sweeper asks :meth:`exhausted` instead."""
 
-    def after_trial(self, study, trial, state, values) -> None:  # noqa: ANN001
+    def after_trial(self, study, trial, state, values) -> None:
         pass
 
     def exhausted(self, study: optuna.Study) -> bool:

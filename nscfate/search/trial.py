@@ -72,7 +72,7 @@ class EpochCounter(Callback):
     def __init__(self, trial: optuna.Trial) -> None:
         self.trial = trial
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.trial.set_user_attr("epochs", trainer.current_epoch + 1)
 
 
@@ -121,7 +121,7 @@ def run_trial(cfg: DictConfig, ctx: TrialContext) -> TrialOutcome:
     return TrialOutcome(TrialState.COMPLETE, value=float(value), warnings=warnings)
 
 
-def optuna_param(name: str, value: object):  # noqa: ANN201
+def optuna_param(name: str, value: object):
     """A trial parameter as an MLflow param ``trial.<name>``."""
     from mlflow.entities import Param
 

@@ -56,7 +56,7 @@ class FateModel(mlflow.pyfunc.PythonModel):
             else None
         )
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001 (MLflow reads type hints)
+    def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints
         """Calibrated probabilities (one column per fate), ``fate``, ``logit_*``, ``ood_score``
         (NaN without a detector) and ``ood``."""
         x = prepare_batch(

@@ -15,7 +15,7 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
 
 
-def print_summary(cfg: DictConfig, result) -> None:  # noqa: ANN001
+def print_summary(cfg: DictConfig, result) -> None:
     """Print what a tracked run measured and how to open it in the MLflow UI."""
     m = result.metrics
     console = Console(stderr=False, width=110)
@@ -51,7 +51,7 @@ def print_summary(cfg: DictConfig, result) -> None:  # noqa: ANN001
     console.print(f"Open the MLflow UI: {ui_command(uri)}  (or: make ui)")
 
 
-def fraction_table(fractions, title: str) -> Table:  # noqa: ANN001
+def fraction_table(fractions, title: str) -> Table:
     """A fractions table (one row per group x fate) as a terminal table: per group and fate the
     estimate [95 % interval], the count, the truth where known, the OOD share."""
     keys = [k for k in ("condition", "day") if k in fractions]
@@ -81,7 +81,7 @@ def fraction_table(fractions, title: str) -> Table:  # noqa: ANN001
     return table
 
 
-def print_warnings(console: Console, warnings) -> None:  # noqa: ANN001
+def print_warnings(console: Console, warnings) -> None:
     """A run that learned nothing says so loudly: what happened, then what to try."""
     if not warnings:
         return
@@ -92,7 +92,7 @@ def print_warnings(console: Console, warnings) -> None:  # noqa: ANN001
     )
 
 
-def print_fractions(fractions) -> None:  # noqa: ANN001
+def print_fractions(fractions) -> None:
     """Fate fractions per condition (and day) as ``nscfate-predict`` wrote them."""
     Console(width=110).print(fraction_table(fractions, "Fate fractions"))
 
@@ -102,7 +102,7 @@ def print_alarm(message: str) -> None:
     Console(width=110).print(Panel(message, title="WARNING: out of distribution", style="red"))
 
 
-def print_promotion(name: str, candidate, decision) -> None:  # noqa: ANN001
+def print_promotion(name: str, candidate, decision) -> None:
     """Side-by-side test metrics of the candidate and the champion, and the decision."""
     console = Console(width=110)
     before = decision.champion_before

@@ -63,14 +63,14 @@ class FateClassifier(L.LightningModule):
             torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         )
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
-        metrics = MetricCollection(
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_metrics = MetricCollection(
             {
                 "acc": MulticlassAccuracy(num_classes, average="micro"),
                 "f1_macro": MulticlassF1Score(num_classes, average="macro"),
-            }
+            },
+            prefix="val/",
         )
-        self.train_metrics = metrics.clone(prefix="train/")
-        self.val_metrics = metrics.clone(prefix="val/")
         self.val_f1_best = MaxMetric()
         #: The run's resolved config, saved in every checkpoint so it can be evaluated on its own.
         self.run_config: dict | None = None
@@ -86,9 +86,9 @@ class FateClassifier(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, logits = self._step(batch)
-        self.train_metrics["acc"](logits, batch["label"])
+        self.train_acc(logits, batch["label"])
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
-        self.log("train/acc", self.train_metrics["acc"], on_step=False, on_epoch=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
