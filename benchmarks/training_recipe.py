@@ -9,7 +9,9 @@ class and day, 60 px wide BMPs 37-57 px high; export seeds 1 and 2) ingested wit
 ``experiment=cpu_baseline`` (``make demo``). Variants: ``before`` is the fixed batch size and epochs
 nscfate had before the recipe (128 and 12; 20 for the demo), ``after`` the shipped defaults
 (``auto``); ``steps=N`` / ``batches=N`` try other ``recipe.min_steps`` /
-``recipe.min_batches_per_epoch``.
+``recipe.min_batches_per_epoch``; any other ``key=value`` (several joined with ``&``) is passed to
+Hydra as given, e.g. ``+callbacks.ema._target_=lightning.pytorch.callbacks.EMAWeightAveraging``.
+``--seeds 0,1,2`` repeats every pair with those training seeds (``seed=``).
 Every (store, variant) pair is a real ``nscfate-train`` process, run alternately in one invocation;
 the script prints test macro-F1, accuracy by day, batch size, epochs and wall time.
 """
@@ -43,9 +45,9 @@ def variant_overrides(name: str, store: str) -> list[str]:
         return BEFORE.get(store, ["data.batch_size=128", "trainer.max_epochs=12"])
     if name == "after":
         return []
-    key, value = name.split("=")
-    setting = {"steps": "recipe.min_steps", "batches": "recipe.min_batches_per_epoch"}[key]
-    return [f"{setting}={value}"]
+    key, value = name.split("=", 1)
+    setting = {"steps": "recipe.min_steps", "batches": "recipe.min_batches_per_epoch"}.get(key)
+    return [f"{setting}={value}"] if setting else name.split("&")
 
 
 def store_overrides(name: str, tmp: Path) -> list[str]:
@@ -61,7 +63,7 @@ def store_overrides(name: str, tmp: Path) -> list[str]:
     return ["data=folder", f"data.path={store}"]
 
 
-def run(store: str, variant: str, tmp: Path, tag: str) -> dict:
+def run(store: str, variant: str, tmp: Path, tag: str, seed: int | None = None) -> dict:
     """One nscfate-train process; returns its figures from MLflow."""
     uri = f"sqlite:///{tmp}/mlflow.db"
     cmd = [
@@ -70,6 +72,7 @@ def run(store: str, variant: str, tmp: Path, tag: str) -> dict:
         "nscfate.cli.train",
         *store_overrides(store, tmp),
         *variant_overrides(variant, store),
+        *([f"seed={seed}"] if seed is not None else []),
         f"tracking.uri={uri}",
         f"tracking.experiment=recipe-{tag}",
         f"hydra.run.dir={tmp}/run-{tag}",
@@ -90,6 +93,7 @@ def run(store: str, variant: str, tmp: Path, tag: str) -> dict:
     return {
         "store": store,
         "variant": variant,
+        "seed": int(p.get("seed", 0)),
         "test_f1_macro": round(m["test/f1_macro"], 4),
         "test_acc": round(m["test/acc"], 4),
         "acc_by_day": {
@@ -111,24 +115,33 @@ def main() -> None:
     parser.add_argument("--stores", default="lab1,lab2,default,demo")
     parser.add_argument("--variants", default="before,after")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--seeds", default=None, help="training seeds, e.g. 0,1,2 (default: config)"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/training_recipe.json"))
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for repeat in range(args.repeats):
-            for store in args.stores.split(","):
-                for variant in args.variants.split(","):  # A and B alternate, store by store
-                    tag = f"{store}-{variant}-{repeat}".replace("=", "")
-                    results.append(run(store, variant, tmp, tag))
-                    r = results[-1]
-                    print(
-                        f"{store:8s} {variant:10s} macro-F1 {r['test_f1_macro']:.3f}  "
-                        f"by day {r['acc_by_day']}  batch {r['batch_size']:3d}  "
-                        f"epochs {r['epochs_trained']:3d}/{r['max_epochs']:3d}  "
-                        f"{r['wall_seconds']:6.1f} s  {r['warnings']}",
-                        flush=True,
-                    )
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [None]
+        pairs = [
+            (repeat, seed, store, variant)
+            for repeat in range(args.repeats)
+            for seed in seeds
+            for store in args.stores.split(",")
+            for variant in args.variants.split(",")  # A and B alternate, store by store
+        ]
+        for repeat, seed, store, variant in pairs:
+            tag = f"{store}-{len(results)}-{repeat}"
+            results.append(run(store, variant, tmp, tag, seed))
+            r = results[-1]
+            print(
+                f"{store:8s} {variant[:40]:40s} seed {r['seed']} macro-F1 {r['test_f1_macro']:.3f}  "
+                f"by day {r['acc_by_day']}  batch {r['batch_size']:3d}  "
+                f"epochs {r['epochs_trained']:3d}/{r['max_epochs']:3d}  "
+                f"{r['wall_seconds']:6.1f} s  {r['warnings']}",
+                flush=True,
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps({"command": " ".join(sys.argv), "runs": results}, indent=2) + "\n"
