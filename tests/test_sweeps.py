@@ -137,6 +137,7 @@ def test_sweep_resumes_to_the_total_and_mirrors_in_mlflow(tmp_path, data_dir):
     )  # Optuna's own CLI reads the study
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_losing_or_duplicating_trials(tmp_path, data_dir):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     space = ["optimizer.lr=choice(0.001,0.002,0.003)", "search.sampler=grid", "search.pruner=none"]
@@ -243,6 +244,7 @@ def test_sweep_stops_when_too_many_trials_fail(tmp_path, data_dir):
     assert proc.returncode == 1 and "max_failure_rate" in proc.stderr
 
 
+@pytest.mark.slow
 def test_pruning_stops_a_clearly_bad_region_early(tmp_path, data_dir):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     space = [
@@ -270,6 +272,7 @@ def test_pruning_stops_a_clearly_bad_region_early(tmp_path, data_dir):
         (["model=choice(small_cnn,no_such_net)"], "no_such_net"),
         # empty choices and reversed intervals: tests/test_space.py, in-process
         (["optimizer.lr=choice(0.1,0.2)", "search.metric=val/f2"], "not a metric nscfate logs"),
+        (["optimizer.lr=choice(0.1,0.2)", "tracking=none"], "a sweep records every trial"),
     ],
 )
 def test_bad_sweeps_fail_before_any_trial(tmp_path, data_dir, args, message):
@@ -359,12 +362,14 @@ def _assert_exactly_n_trials(study: optuna.Study, tmp: Path, n: int) -> None:
         assert "nscfate.model_uri" in run_.data.tags
 
 
+@pytest.mark.slow
 def test_three_workers_on_a_journal_survive_a_killed_one(tmp_path, data_dir):
     storage = f"journal://{tmp_path}/optuna.log"
     study = _three_workers_one_killed(tmp_path, data_dir, "journal3", storage)
     _assert_exactly_n_trials(study, tmp_path, 5)
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_three_workers_on_postgres_survive_a_killed_one(tmp_path, data_dir, postgres_url):
     study = _three_workers_one_killed(tmp_path, data_dir, "pg3", postgres_url)

@@ -93,6 +93,7 @@ def test_failing_run_ends_failed_in_mlflow(tmp_path, data_dir):
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_ddp_two_cpu_processes_log_once(tmp_path, data_dir):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -188,7 +189,7 @@ def test_a_rotating_policy_on_unpadded_non_square_crops_is_refused(
 DEBUG_PRESETS = sorted(p.stem for p in (CONF / "debug").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("data", ["default", "small"])
+@pytest.mark.parametrize("data", [pytest.param("default", marks=pytest.mark.slow), "small"])
 @pytest.mark.parametrize("preset", DEBUG_PRESETS)
 def test_every_debug_preset_runs(tmp_path, data_dir, nonsquare_stores, preset, data):
     from nscfate.tracking.run import tracked_train
@@ -197,5 +198,20 @@ def test_every_debug_preset_runs(tmp_path, data_dir, nonsquare_stores, preset, d
     cfg = compose_train(tmp_path, data_dir, f"debug={preset}", *store, fast=False)
     result = tracked_train(cfg)
     assert math.isfinite(result.metrics["train/loss"]) and "test/f1_macro" in result.metrics
+    assert result.run_id is None and not (tmp_path / "mlflow.db").exists()  # tracking=none
     if preset == "overfit":  # three batches are memorised: the model and loop can learn
         assert result.metrics["train/acc"] >= 0.9
+
+
+def test_tracking_none_trains_evaluates_and_logs_nothing(tmp_path, data_dir, capsys):
+    from nscfate.tracking.run import tracked_train
+    from nscfate.tracking.summary import print_summary
+
+    cfg = compose_train(tmp_path, data_dir, "tracking=none")
+    result = tracked_train(cfg)
+    assert result.run_id is None and not (tmp_path / "mlflow.db").exists()
+    assert result.objective == result.metrics["val/f1_macro_best"]
+    assert {"test/f1_macro", "oracle/f1_macro", "indep/frac_mae"} <= set(result.metrics)
+    print_summary(cfg, result)
+    out = capsys.readouterr().out
+    assert "Not tracked (tracking=none)" in out and "test macro-F1" in out

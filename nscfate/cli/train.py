@@ -17,6 +17,8 @@ from nscfate.paths import CONF_DIR  # noqa: E402  (also registers ${nscfate.repo
 @friendly_errors("nscfate-train")
 def main(cfg: DictConfig) -> float:
     """Train, evaluate and track one run; print its summary; return the objective."""
+    from lightning.pytorch.utilities import rank_zero_only
+
     from nscfate.search import trial
     from nscfate.tracking.run import tracked_train
     from nscfate.tracking.summary import print_summary
@@ -24,7 +26,7 @@ def main(cfg: DictConfig) -> float:
     if (ctx := trial.current()) is not None:  # launched by the sweeper: report, never exit
         return trial.run_trial(cfg, ctx)
     result = tracked_train(cfg)
-    if result.run_id:
+    if result.run_id or (not cfg.tracking.enabled and rank_zero_only.rank == 0):
         print_summary(cfg, result)
     return result.objective
 

@@ -115,6 +115,10 @@ class OptunaSweeper:
 
     def _validate(self, space: SearchSpace) -> None:
         """Compose a config for every choice (and each interval's ends) before any trial starts."""
+        if not self.config.tracking.get("enabled", True):
+            raise NscfateError(
+                "tracking=none: a sweep records every trial as an MLflow run; use tracking=mlflow"
+            )
         loader = self.hydra_context.config_loader
         probes = [space.fixed]
         for key, dist in space.distributions.items():

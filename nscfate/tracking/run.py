@@ -73,6 +73,8 @@ def tracked_train(
     tagged ``nscfate.interrupted`` instead of FAILED, then propagates.
     """
     cfg, datamodule = prepare(cfg)
+    if not cfg.tracking.get("enabled", True):  # tracking=none
+        return _untracked(cfg, callbacks, datamodule)
     if rank_zero_only.rank != 0:  # DDP workers train but never log
         metrics, _ = train(cfg, callbacks=callbacks, datamodule=datamodule)
         return TrackedRun(float("nan"), metrics, None)
@@ -119,6 +121,23 @@ def tracked_train(
         float(metrics[cfg.objective]),
         metrics,
         run_id,
+        objects["warnings"],
+        evaluation.accuracy_by_day,
+        oracle.get("by_day", {}),
+        evaluation.fractions,
+    )
+
+
+def _untracked(cfg: DictConfig, callbacks: Sequence[Callback], datamodule: Any) -> TrackedRun:
+    """``tracking=none``: the same training and evaluation, no MLflow run."""
+    metrics, objects = train(cfg, callbacks=callbacks, datamodule=datamodule)
+    oracle = _oracle_scores(objects["datamodule"])
+    metrics |= oracle_metrics(oracle)
+    evaluation = objects["evaluation"]
+    return TrackedRun(
+        float(metrics.get(cfg.objective, float("nan"))),
+        metrics,
+        None,
         objects["warnings"],
         evaluation.accuracy_by_day,
         oracle.get("by_day", {}),

@@ -46,6 +46,9 @@ def print_summary(cfg: DictConfig, result) -> None:
         f" | objective {cfg.objective} = {result.objective:.4f}"
     )
     print_warnings(console, result.warnings)
+    if result.run_id is None:
+        console.print("Not tracked (tracking=none): nothing was logged to MLflow.")
+        return
     uri = redact(cfg.tracking.uri)
     console.print(f"MLflow run {result.run_id} in experiment '{cfg.tracking.experiment}' ({uri})")
     console.print(f"Open the MLflow UI: {ui_command(uri)}  (or: make ui)")
