@@ -11,7 +11,7 @@ SERVE_PORT ?= 5001
 SERVE_MODEL ?= models:/nscfate@champion
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo ui serve browser test test-all lint format bench bench-sweep clean
+.PHONY: help venv demo ui serve browser test test-slow test-all lint format bench bench-sweep clean
 
 help:
 	@echo "make demo      set up .venv and run the main job (train + evaluate + track)"
@@ -19,7 +19,8 @@ help:
 	@echo "make serve     serve models:/nscfate@champion on 127.0.0.1:5001"
 	@echo "make browser   install Debian's chromium (for the end-to-end UI test; needs root)"
 	@echo "make test      set up .venv (with test extras) and run the test suite"
-	@echo "make test-all  also the slow tests"
+	@echo "make test-slow the long end-to-end and fault tests (CI runs them too)"
+	@echo "make test-all  both"
 	@echo "make lint      ruff check + format check"
 	@echo "make bench     generator speed and difficulty benchmarks"
 	@echo "make bench-sweep  pruning vs no pruning, 12-trial sweeps (slow)"
@@ -62,6 +63,11 @@ browser: /usr/bin/chromium
 
 test: $(VENV)/.installed-test | browser
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+# The long end-to-end and fault tests (a lab export trained with the defaults, the browser, killed
+# workers, DDP, planted passwords, debug presets on the default data): CI runs them after make test.
+test-slow: $(VENV)/.installed-test | browser
+	$(BIN)/pytest -m slow $(PYTEST_ARGS)
 
 test-all: $(VENV)/.installed-test | browser
 	$(BIN)/pytest $(PYTEST_ARGS)

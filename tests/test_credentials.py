@@ -11,7 +11,7 @@ import sqlalchemy
 from .conftest import TINY_DATA, console_script
 
 SECRET = "PlantedSecret4711"
-pytestmark = [pytest.mark.postgres, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def _with_password(url: str) -> str:

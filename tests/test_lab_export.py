@@ -14,6 +14,7 @@ from nscfate.data.export import synthetic_ideas_export
 from .conftest import console_script
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_lab_export_ingests_and_learns_with_the_defaults(tmp_path):
     export = tmp_path / "export"

@@ -227,6 +227,7 @@ def check_model_page(page: Page, base: str) -> None:
         expect(version.get_by_text(re.compile(r"^@\s*champion$"))).to_be_visible()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_mlflow_ui_shows_sweep_and_champion(tmp_path, data_dir):
     _chromium()  # skip before the sweep when there is no browser to drive
