@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from nscfate.cli.errors import friendly_errors
+from nscfate.data.schema import CONTROL, LATENT_PREFIX
 from nscfate.errors import NscfateError
 
 PROG = "nscfate-data"
@@ -129,7 +130,7 @@ def cmd_oracle(args: argparse.Namespace) -> None:
     from nscfate.data.store import open_store
 
     store = open_store(args.dir)
-    if not any(c.startswith("lat_") for c in store.index.columns):
+    if not any(c.startswith(LATENT_PREFIX) for c in store.index.columns):
         raise NscfateError(
             f"{args.dir} has no latent columns (lat_*): the oracle needs a synthetic store"
         )
@@ -190,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     i.add_argument("--skip-bad", action="store_true", help="skip unreadable images and report them")
     i.add_argument("--channel", type=int, default=1, help="IDEAS channel to read (bright field: 1)")
-    i.add_argument("--condition", default="control", help="condition of an IDEAS export's cells")
+    i.add_argument("--condition", default=CONTROL, help="condition of an IDEAS export's cells")
     i.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
     i.add_argument("--quiet", action="store_true", help="no progress bar")
     i.set_defaults(func=cmd_ingest)

@@ -38,7 +38,7 @@ from nscfate.data.splits import (
     rows_of,
     split_digest,
 )
-from nscfate.data.store import DatasetStore, open_store
+from nscfate.data.store import IMAGES, DatasetStore, open_store
 from nscfate.errors import NscfateError
 from nscfate.files import atomic_write
 
@@ -73,7 +73,7 @@ class CellCrops(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if self._images is None:
-            self._images = np.load(self.store_path / "images.npy", mmap_mode="r")
+            self._images = np.load(self.store_path / IMAGES, mmap_mode="r")
         row = int(self.rows[i])
         crop = to_unit_float(self._images[row], self.white_level)
         if crop.shape != self.size:

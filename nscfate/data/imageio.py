@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nscfate.data.normalize import border_median
 from nscfate.errors import NscfateError
 
 #: File endings nscfate reads as crops.
@@ -89,9 +90,9 @@ def _as_grey(arr: np.ndarray, path: Path) -> np.ndarray:
 
 
 def background_level(crop: np.ndarray) -> float:
-    """The crop's own background: the median of its one-pixel border."""
-    border = np.concatenate([crop[0], crop[-1], crop[1:-1, 0], crop[1:-1, -1]])
-    return float(np.median(border))
+    """The crop's own background: the median of its border frame, as per-image normalisation
+    measures it (``nscfate.data.normalize.border_median``)."""
+    return float(border_median(crop))
 
 
 def fit_to_size(crop: np.ndarray, height: int, width: int) -> np.ndarray:

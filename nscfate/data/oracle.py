@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from nscfate.data.normalize import per_image, to_unit_float
-from nscfate.data.schema import CLASSES, LATENT_PREFIX
+from nscfate.data.schema import CLASSES, CONTROL, LATENT_PREFIX
 from nscfate.errors import NscfateError
 
 #: Folds of the batch-grouped cross-validation.
@@ -50,7 +50,7 @@ def _rows(index: pd.DataFrame, condition: str) -> np.ndarray:
 
 
 def oracle_accuracy_by_day(
-    index: pd.DataFrame, condition: str = "control", seed: int = 0
+    index: pd.DataFrame, condition: str = CONTROL, seed: int = 0
 ) -> dict[float, float]:
     """Per day, the batch-grouped 5-fold CV accuracy of a logistic regression on the lat_* columns.
 
@@ -84,7 +84,7 @@ def mean_intensity_accuracy(
     index: pd.DataFrame,
     white_level: float,
     normalize: bool,
-    condition: str = "control",
+    condition: str = CONTROL,
     seed: int = 0,
 ) -> float:
     """Batch-grouped CV accuracy of a classifier whose only feature is the crop's mean intensity.

@@ -13,7 +13,7 @@ irregular, with low interior contrast; oligodendrocytes medium, highly granular,
 fine processes. Doublets, debris and strongly defocused cells occur in every class. All latent
 traits are stored in the index (``lat_*``) and every acquisition parameter (``acq_*``), so
 :mod:`nscfate.data.oracle` can measure how separable each day really is and how strong the
-brightness confound is. See design.md section 3 and reference/synthetic-optics.md.
+brightness confound is. ``benchmarks/synth_difficulty.py`` measures both.
 """
 
 from __future__ import annotations

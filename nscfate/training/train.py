@@ -1,9 +1,10 @@
 """``train(cfg)``: fit, reload the best checkpoint, calibrate and fit the OOD detector on held-out
 cells, evaluate test split and independent conditions.
 
-A flat script in the lightning-hydra-template style: every object comes from
-``hydra.utils.instantiate``; loggers and extra callbacks (MLflow, Optuna pruning) are handed in by
-the layers above, so this layer knows neither MLflow nor Optuna.
+A flat script in the lightning-hydra-template style: the network, datamodule, optimizer, scheduler,
+callbacks and trainer come from ``hydra.utils.instantiate``; the LightningModule is assembled from
+them in ``build_module``; loggers and extra callbacks (MLflow, Optuna pruning) are handed in by the
+layers above, so this layer knows neither MLflow nor Optuna.
 """
 
 from __future__ import annotations
