@@ -93,3 +93,29 @@ def test_experiments_compose_and_say_what_they_reproduce(tmp_path, data_dir, nam
     assert cfg.task_name == name
     header = (CONF / "experiment" / f"{name}.yaml").read_text().splitlines()
     assert header[0] == "# @package _global_" and header[1].startswith("# Reproduces:")
+
+
+@pytest.mark.parametrize(("script", "prog"), [("train", "train"), ("evaluate", "eval")])
+def test_an_install_without_its_checkout_refuses_with_one_line(tmp_path, script, prog):
+    """A copy of the package with no conf/ beside it (what a wheel installed elsewhere looks like)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    shutil.copytree(REPO / "nscfate", tmp_path / "site" / "nscfate")
+    env = os.environ | {"PYTHONPATH": str(tmp_path / "site")}
+    proc = subprocess.run(
+        [sys.executable, "-m", f"nscfate.cli.{script}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip()
+    assert line.startswith(f"nscfate-{prog}: error: nscfate's configs are not at {tmp_path}")
+    assert "pip install -e" in line and len(line.splitlines()) == 1

@@ -12,7 +12,9 @@ from omegaconf import DictConfig  # noqa: E402
 
 from nscfate.cli.errors import friendly_errors  # noqa: E402
 from nscfate.errors import NscfateError  # noqa: E402
-from nscfate.paths import CONF_DIR  # noqa: E402  (also registers ${nscfate.repo:})
+from nscfate.paths import CONF_DIR, require_checkout  # noqa: E402  (registers ${nscfate.repo:})
+
+require_checkout("nscfate-promote")
 
 
 def pick_candidate(cfg: DictConfig, client):

@@ -10,7 +10,9 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from nscfate.cli.errors import friendly_errors  # noqa: E402
-from nscfate.paths import CONF_DIR  # noqa: E402  (also registers ${nscfate.repo:})
+from nscfate.paths import CONF_DIR, require_checkout  # noqa: E402  (registers ${nscfate.repo:})
+
+require_checkout("nscfate-train")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
