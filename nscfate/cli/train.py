@@ -1,4 +1,5 @@
-"""``nscfate-train``: the Hydra app on conf/train.yaml. Returns the objective for sweepers."""
+"""``nscfate-train``: the Hydra app on conf/train.yaml, one tracked run. With ``search=...`` (``-m``)
+nscfate's Optuna sweeper runs every trial through its own task (``nscfate.search.sweeper``)."""
 
 from __future__ import annotations
 
@@ -21,12 +22,9 @@ def main(cfg: DictConfig) -> float:
     """Train, evaluate and track one run; print its summary; return the objective."""
     from lightning.pytorch.utilities import rank_zero_only
 
-    from nscfate.search import trial
     from nscfate.tracking.run import tracked_train
     from nscfate.tracking.summary import print_summary
 
-    if (ctx := trial.current()) is not None:  # launched by the sweeper: report, never exit
-        return trial.run_trial(cfg, ctx)
     result = tracked_train(cfg)
     if result.run_id or (not cfg.tracking.enabled and rank_zero_only.rank == 0):
         print_summary(cfg, result)

@@ -59,14 +59,23 @@ class OptunaSweeper:
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.launcher: Any = None
+        self._trial: trials.TrialContext | None = None  # the trial the launcher is running
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
+        """The launcher runs this sweeper's own task for every trial (train and track it, report
+        to Optuna); the command's task function is for single runs."""
         self.config, self.hydra_context = config, hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config
+            hydra_context=hydra_context, task_function=self._trial_task, config=config
         )
+
+    def _trial_task(self, cfg: DictConfig) -> trials.TrialOutcome:
+        """What the launcher runs for one trial, on the config composed with its overrides."""
+        if self._trial is None:
+            raise RuntimeError("the launcher ran a task outside a trial")
+        return trials.run_trial(cfg, self._trial)
 
     def sweep(self, arguments: list[str]) -> dict:
         """Run this worker's share of the study; returns (and writes) the study summary."""
@@ -187,11 +196,14 @@ class OptunaSweeper:
     ) -> trials.TrialOutcome:
         overrides = space.overrides(trial.params)
         log.info("trial %d: %s", trial.number, " ".join(overrides))
-        ctx = trials.TrialContext(
+        self._trial = trials.TrialContext(
             trial, study, parent, search.metric, prune=search.pruner != "none"
         )
-        with trials.active(ctx), get_heartbeat_thread(trial._trial_id, study._storage):
-            ret = self.launcher.launch([overrides], initial_job_idx=trial.number)[0]
+        try:
+            with get_heartbeat_thread(trial._trial_id, study._storage):
+                ret = self.launcher.launch([overrides], initial_job_idx=trial.number)[0]
+        finally:
+            self._trial = None
         if ret.status == JobStatus.COMPLETED and isinstance(ret.return_value, trials.TrialOutcome):
             return ret.return_value
         error = (

@@ -1,14 +1,12 @@
 """One trial: a tracked training run nested under the study's parent run, fed to the pruner per epoch.
 
-The sweeper runs trials through Hydra's launcher, in this process; it hands the trial to the task
-function through :func:`current`, which ``nscfate-train`` checks.
+The sweeper runs trials through Hydra's launcher, in this process, with its own task function
+(``OptunaSweeper._trial_task``), which calls :func:`run_trial`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import optuna
@@ -45,25 +43,6 @@ class TrialOutcome:
     error: str | None = None
     #: What a finished run warned about (``nscfate.training.health``): code -> message.
     warnings: dict[str, str] = field(default_factory=dict)
-
-
-_current: TrialContext | None = None
-
-
-def current() -> TrialContext | None:
-    """The trial being run by the sweeper in this process, if any."""
-    return _current
-
-
-@contextmanager
-def active(ctx: TrialContext) -> Iterator[None]:
-    """Make ``ctx`` the current trial while the launcher runs the task."""
-    global _current
-    _current = ctx
-    try:
-        yield
-    finally:
-        _current = None
 
 
 class EpochCounter(Callback):
