@@ -45,7 +45,7 @@ def variant_overrides(name: str, store: str) -> list[str]:
         return BEFORE.get(store, ["data.batch_size=128", "trainer.max_epochs=12"])
     if name == "after":
         return []
-    key, value = name.split("=", 1)
+    key, _, value = name.partition("=")
     setting = {"steps": "recipe.min_steps", "batches": "recipe.min_batches_per_epoch"}.get(key)
     return [f"{setting}={value}"] if setting else name.split("&")
 
