@@ -53,7 +53,18 @@ def test_same_settings_give_byte_identical_output(small) -> None:
     pd.testing.assert_frame_equal(index, again_index)
     other, _ = generate(SynthSettings(seed=8, cells_per_group=12, batches_per_group=3, days=(1, 7)))
     assert other.shape == images.shape and np.mean(other != images) > 0.5
-    assert GENERATOR_VERSION
+
+
+def test_a_new_generator_version_gets_a_new_store(monkeypatch) -> None:
+    """The built-in store is cached by a folder name that must change with the generator."""
+    import nscfate.data.synthetic as synthetic
+    from nscfate.data.builtin import synthetic_slug
+
+    settings = {"seed": 0, "cells_per_group": 12}
+    before = synthetic_slug(settings)
+    assert synthetic_slug(settings) == before and synthetic_slug({**settings, "seed": 1}) != before
+    monkeypatch.setattr(synthetic, "GENERATOR_VERSION", GENERATOR_VERSION + ".next")
+    assert synthetic_slug(settings) != before
 
 
 def test_index_columns_and_control_groups(small) -> None:
