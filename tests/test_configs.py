@@ -119,3 +119,23 @@ def test_an_install_without_its_checkout_refuses_with_one_line(tmp_path, script,
     line = proc.stderr.strip()
     assert line.startswith(f"nscfate-{prog}: error: nscfate's configs are not at {tmp_path}")
     assert "pip install -e" in line and len(line.splitlines()) == 1
+
+
+def test_the_lightning_module_is_a_config_node(tmp_path, data_dir):
+    from nscfate.training.checkpoint_eval import network_weights
+    from nscfate.training.module import FateClassifier
+
+    cfg = compose_train(
+        tmp_path,
+        data_dir,
+        "loss.class_weights=[1.0,2.0,1.0]",
+        "optimizer.lr=0.01",
+        "scheduler=none",
+    )
+    module = instantiate(cfg.module)
+    assert isinstance(module, FateClassifier) and module.scheduler_factory is None
+    assert module.criterion.weight.tolist() == [1.0, 2.0, 1.0]
+    assert module.optimizer_factory(params=module.parameters()).defaults["lr"] == 0.01
+    assert type(module.net).__name__ == "SmallCNN"
+    compiled = {f"net._orig_mod.{k}": v for k, v in module.net.state_dict().items()}
+    assert network_weights(compiled).keys() == module.net.state_dict().keys()

@@ -19,7 +19,6 @@ from nscfate.errors import NscfateError
 from nscfate.estimation import ESTIMATION_KEY, EstimationSettings, FateEstimator
 from nscfate.models import create_model
 from nscfate.training.evaluate import Evaluation, evaluate, fit_estimator_on
-from nscfate.training.module import FateClassifier
 
 #: The builders a config stored in a checkpoint may name, by config node.
 OWN_BUILDERS = {
@@ -86,9 +85,9 @@ def evaluate_checkpoint(
             f"checkpoint {path} holds a {net_values.get('name')!r} network, not "
             f"model={model.get('name')!r}"
         )
-    module = FateClassifier(net=create_model(**net_values), optimizer=torch.optim.SGD)
+    net = create_model(**net_values)
     try:
-        module.load_state_dict(ckpt["state_dict"])
+        net.load_state_dict(network_weights(ckpt["state_dict"]))
     except RuntimeError as err:
         first = str(err).splitlines()[0]
         raise NscfateError(
@@ -97,15 +96,25 @@ def evaluate_checkpoint(
     datamodule = CellDataModule(**data_values)
     datamodule.prepare_data()
     datamodule.setup("test")
-    return evaluate(module, datamodule, checkpoint_estimator(ckpt, module, datamodule)), run_cfg
+    return evaluate(net, datamodule, checkpoint_estimator(ckpt, net, datamodule)), run_cfg
+
+
+def network_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The network's own weights in a LightningModule's state dict (``net.*``; a compiled
+    network's ``net._orig_mod.*`` too), keyed as the bare network names them."""
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith("net."):
+            out[key.removeprefix("net.").removeprefix("_orig_mod.")] = value
+    return out
 
 
 def checkpoint_estimator(
-    ckpt: dict[str, Any], module: FateClassifier, datamodule: CellDataModule
+    ckpt: dict[str, Any], net: torch.nn.Module, datamodule: CellDataModule
 ) -> FateEstimator:
     """The calibration/OOD/correction state saved with the checkpoint; a checkpoint from before
     calibration gets one fit now on the data's validation and training cells."""
     if ckpt.get(ESTIMATION_KEY):
         return FateEstimator.from_state(ckpt[ESTIMATION_KEY])
     settings = EstimationSettings.from_config(OmegaConf.create(ckpt["nscfate_config"]))
-    return fit_estimator_on(module, datamodule, settings)
+    return fit_estimator_on(net, datamodule, settings)

@@ -42,6 +42,7 @@ class FateClassifier(L.LightningModule):
         label_smoothing: cross-entropy label smoothing.
         class_weights: optional per-class loss weights, in CLASSES order.
         channels_last: keep activations in NHWC (faster convolutions on GPUs).
+        compile: ``torch.compile`` the network (GPUs; no gain on CPU).
     """
 
     def __init__(
@@ -53,10 +54,12 @@ class FateClassifier(L.LightningModule):
         label_smoothing: float = 0.0,
         class_weights: Sequence[float] | None = None,
         channels_last: bool = False,
+        compile: bool = False,
         num_classes: int = len(CLASSES),
     ) -> None:
         super().__init__()
-        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
+        net = net.to(memory_format=torch.channels_last) if channels_last else net
+        self.net = torch.compile(net) if compile else net  # GPU; useless on CPU
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.scheduler_interval, self.channels_last = scheduler_interval, channels_last
         weight = (

@@ -1,10 +1,10 @@
 """``train(cfg)``: fit, reload the best checkpoint, calibrate and fit the OOD detector on held-out
 cells, evaluate test split and independent conditions.
 
-A flat script in the lightning-hydra-template style: the network, datamodule, optimizer, scheduler,
-callbacks and trainer come from ``hydra.utils.instantiate``; the LightningModule is assembled from
-them in ``build_module``; loggers and extra callbacks (MLflow, Optuna pruning) are handed in by the
-layers above, so this layer knows neither MLflow nor Optuna.
+A flat script in the lightning-hydra-template style: the datamodule, the LightningModule
+(``conf/module``: network, optimizer, scheduler, loss), callbacks and trainer come from
+``hydra.utils.instantiate``; loggers and extra callbacks (MLflow, Optuna pruning) are handed in by
+the layers above, so this layer knows neither MLflow nor Optuna.
 """
 
 from __future__ import annotations
@@ -86,22 +86,6 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Any]:
     return cfg, datamodule
 
 
-def build_module(cfg: DictConfig) -> FateClassifier:
-    """The LightningModule: network from ``cfg.model``, optimiser/scheduler partials, loss settings."""
-    net = build(cfg.model)
-    if cfg.runtime.get("compile"):
-        net = torch.compile(net)
-    return FateClassifier(
-        net=net,
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler.scheduler) if cfg.scheduler.get("scheduler") else None,
-        scheduler_interval=cfg.scheduler.interval,
-        label_smoothing=cfg.loss.label_smoothing,
-        class_weights=cfg.loss.class_weights,
-        channels_last=cfg.runtime.channels_last,
-    )
-
-
 def instantiate_callbacks(cfg: DictConfig | None, with_logger: bool = True) -> list[Callback]:
     """Every ``_target_`` node under ``cfg.callbacks`` (LearningRateMonitor only with a logger)."""
     built = [instantiate(node) for node in (cfg or {}).values() if node and "_target_" in node]
@@ -125,7 +109,7 @@ def train(
     L.seed_everything(cfg.seed, workers=True)
 
     log.info("Instantiating model <%s>", cfg.model.name)
-    module = build_module(cfg)
+    module: FateClassifier = build(cfg.module)
     module.run_config = redact_values(OmegaConf.to_container(cfg, resolve=True))
     all_callbacks = [*instantiate_callbacks(cfg.get("callbacks"), logger is not None), *callbacks]
     trainer: L.Trainer = build(cfg.trainer, callbacks=all_callbacks, logger=logger or False)
