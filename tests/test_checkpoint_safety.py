@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nscfate.errors import NscfateError
-from nscfate.training.checkpoint_eval import evaluate_checkpoint
+from nscfate.evaluation.checkpoint import evaluate_checkpoint
 
 
 class _Boom:

@@ -122,7 +122,7 @@ def test_an_install_without_its_checkout_refuses_with_one_line(tmp_path, script,
 
 
 def test_the_lightning_module_is_a_config_node(tmp_path, data_dir):
-    from nscfate.training.checkpoint_eval import network_weights
+    from nscfate.evaluation.checkpoint import network_weights
     from nscfate.training.module import FateClassifier
 
     cfg = compose_train(

@@ -7,13 +7,13 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from nscfate.evaluation.health import check_run
 from nscfate.search.mirror import study_summary
 from nscfate.search.sweeper import OptunaSweeper
 from nscfate.search.trial import TrialContext, run_trial
 from nscfate.tracking.connection import connect
 from nscfate.tracking.run import tracked_train
 from nscfate.tracking.summary import print_summary
-from nscfate.training.health import check_run
 
 from .conftest import compose_train
 

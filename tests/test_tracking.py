@@ -137,8 +137,8 @@ def test_eval_cli_reproduces_test_metrics(tracked, tmp_path):
 def test_checkpoint_eval_and_wrong_architecture(tracked, tmp_path):
     from omegaconf import OmegaConf
 
+    from nscfate.evaluation.checkpoint import evaluate_checkpoint
     from nscfate.tracking.reevaluate import run_checkpoint
-    from nscfate.training.checkpoint_eval import evaluate_checkpoint
 
     cfg, result, client, run = tracked
     ckpt = run_checkpoint(client, run.info.run_id, tmp_path)

@@ -145,7 +145,7 @@ def test_every_policy_trains_on_non_square_crops(
     metrics, objects = train(cfg)
     assert math.isfinite(metrics["train/loss"]) and 0.0 <= metrics["test/acc"] <= 1.0
     if policy == "light":  # re-evaluating the checkpoint sees the crops as training did
-        from nscfate.training.checkpoint_eval import evaluate_checkpoint
+        from nscfate.evaluation.checkpoint import evaluate_checkpoint
 
         again, _ = evaluate_checkpoint(objects["best_checkpoint"])
         assert again.metrics["test/f1_macro"] == pytest.approx(metrics["test/f1_macro"], abs=1e-6)

@@ -41,7 +41,7 @@ def main(cfg: DictConfig) -> None:
             (abs(evaluation.metrics[k] - logged[k]) for k in shared), default=None
         )
     else:
-        from nscfate.training.checkpoint_eval import evaluate_checkpoint
+        from nscfate.evaluation.checkpoint import evaluate_checkpoint
 
         evaluation, _ = evaluate_checkpoint(cfg.ckpt_path, model=model, data=data)
     print(json.dumps({"metrics": evaluation.metrics} | report, indent=2))

@@ -102,7 +102,7 @@ def study_summary(study: optuna.Study) -> dict:
         "epochs_trained": int(
             sum(t.user_attrs.get("epochs", 0) for t in study.get_trials(deepcopy=False))
         ),
-        # trials whose model learned nothing useful (one class, or chance): nscfate.training.health
+        # trials whose model learned nothing useful (one class, or chance): nscfate.evaluation.health
         "warned": sum(bool(t.user_attrs.get("warnings")) for t in trials),
     }
     done = [

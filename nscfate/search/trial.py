@@ -41,7 +41,7 @@ class TrialOutcome:
     state: TrialState
     value: float | None = None
     error: str | None = None
-    #: What a finished run warned about (``nscfate.training.health``): code -> message.
+    #: What a finished run warned about (``nscfate.evaluation.health``): code -> message.
     warnings: dict[str, str] = field(default_factory=dict)
 
 

@@ -18,9 +18,9 @@ from nscfate.data.schema import CLASSES, canonical_label
 from nscfate.data.store import open_store
 from nscfate.errors import NscfateError
 from nscfate.estimation import FateEstimator
+from nscfate.evaluation.evaluate import LOGIT_COLUMNS, PROB_COLUMNS, fate_fractions
 from nscfate.files import atomic_write
 from nscfate.tracking.pyfunc import FateModel
-from nscfate.training.evaluate import LOGIT_COLUMNS, PROB_COLUMNS, fate_fractions
 
 #: Share of a plate's cells flagged OOD above which predict warns that its answers are unreliable.
 OOD_ALARM = 0.5

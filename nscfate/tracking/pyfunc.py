@@ -24,7 +24,7 @@ from nscfate.data.normalize import Normalizer
 from nscfate.data.preprocess import prepare_batch
 from nscfate.data.schema import CLASSES
 from nscfate.estimation import FateEstimator
-from nscfate.training.evaluate import LOGIT_COLUMNS, logits_and_features
+from nscfate.evaluation.evaluate import LOGIT_COLUMNS, logits_and_features
 
 # The input is a tensor spec (signature below), not type hints; MLflow warns about the latter.
 warnings.filterwarnings("ignore", message=".*type hint.*", category=UserWarning, module="mlflow")

@@ -10,8 +10,8 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
 from nscfate.errors import NscfateError
-from nscfate.training.checkpoint_eval import evaluate_checkpoint
-from nscfate.training.evaluate import Evaluation
+from nscfate.evaluation.checkpoint import evaluate_checkpoint
+from nscfate.evaluation.evaluate import Evaluation
 
 
 def run_checkpoint(client: MlflowClient, run_id: str, dst: Path) -> Path:

@@ -26,8 +26,8 @@ from nscfate.data.schema import CLASSES
 from nscfate.data.splits import TEST, split_digest
 from nscfate.data.store import open_store
 from nscfate.errors import NscfateError
+from nscfate.evaluation.evaluate import PROB_COLUMNS, TEST_METRICS, classification_metrics
 from nscfate.tracking.predict import load_model
-from nscfate.training.evaluate import PROB_COLUMNS, TEST_METRICS, classification_metrics
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 

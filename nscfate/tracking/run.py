@@ -30,13 +30,13 @@ from omegaconf import DictConfig, OmegaConf
 from nscfate.data.preview import contact_sheet
 from nscfate.data.schema import LATENT_PREFIX
 from nscfate.errors import NscfateError
+from nscfate.evaluation import plots
+from nscfate.evaluation.evaluate import day_metric
+from nscfate.evaluation.health import RunWarning
 from nscfate.paths import REPO_ROOT
 from nscfate.redact import redact, redact_values
 from nscfate.tracking.connection import connect
 from nscfate.tracking.pyfunc import log_fate_model
-from nscfate.training import plots
-from nscfate.training.evaluate import day_metric
-from nscfate.training.health import RunWarning
 from nscfate.training.module import FIT_METRICS
 from nscfate.training.train import prepare, train
 

@@ -23,16 +23,16 @@ from omegaconf import DictConfig, OmegaConf
 from nscfate.data.splits import TRAIN, VAL
 from nscfate.errors import NscfateError, user_error_in
 from nscfate.estimation import ESTIMATION_KEY, EstimationSettings, FateEstimator
-from nscfate.files import atomic_write
-from nscfate.redact import redact_values
-from nscfate.training.evaluate import (
+from nscfate.evaluation.evaluate import (
     FRACTION_SUMMARY,
     TEST_METRICS,
     evaluate,
     fit_estimator_on,
     is_known_metric,
 )
-from nscfate.training.health import check_run
+from nscfate.evaluation.health import check_run
+from nscfate.files import atomic_write
+from nscfate.redact import redact_values
 from nscfate.training.module import FIT_METRICS, FateClassifier
 from nscfate.training.recipe import fit_to_data
 

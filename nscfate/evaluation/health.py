@@ -16,7 +16,7 @@ import pandas as pd
 
 from nscfate.data.schema import CLASSES
 from nscfate.data.splits import TEST
-from nscfate.training.evaluate import LOGIT_COLUMNS
+from nscfate.evaluation.evaluate import LOGIT_COLUMNS
 
 #: A model that gives one fate to at least this share of the test cells predicts a single class.
 SINGLE_CLASS_SHARE = 0.98
@@ -43,7 +43,7 @@ class RunWarning:
 
 def check_run(metrics: Mapping[str, float], cells: pd.DataFrame) -> list[RunWarning]:
     """Warnings for a run from its metrics and its per-cell test predictions (``split``,
-    ``label``, ``predicted`` and ``logit_*`` columns, as ``nscfate.training.evaluate`` makes them).
+    ``label``, ``predicted`` and ``logit_*`` columns, as ``nscfate.evaluation.evaluate`` makes them).
 
     The single-class check reads the network's own argmax (the logits): calibration's class biases
     can spread a degenerate model's answers and hide that it learned one class."""

@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from nscfate.data.datamodule import CellDataModule
 from nscfate.errors import NscfateError
 from nscfate.estimation import ESTIMATION_KEY, EstimationSettings, FateEstimator
+from nscfate.evaluation.evaluate import Evaluation, evaluate, fit_estimator_on
 from nscfate.models import create_model
-from nscfate.training.evaluate import Evaluation, evaluate, fit_estimator_on
 
 #: The builders a config stored in a checkpoint may name, by config node.
 OWN_BUILDERS = {

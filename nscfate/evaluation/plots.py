@@ -95,7 +95,7 @@ def fate_fraction_figure(fractions: pd.DataFrame) -> Figure:
 def reliability_figure(cells: pd.DataFrame, n_bins: int = 15) -> Figure:
     """Reliability diagram of the labelled cells: accuracy against confidence, before and after
     calibration (a calibrated model follows the diagonal)."""
-    from nscfate.training.evaluate import LOGIT_COLUMNS, PROB_COLUMNS
+    from nscfate.evaluation.evaluate import LOGIT_COLUMNS, PROB_COLUMNS
 
     cells = cells[cells["label"] != ""]
     target = cells["label"].map(CLASSES.index).to_numpy()
