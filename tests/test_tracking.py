@@ -220,7 +220,7 @@ def test_dataset_input_survives_a_concurrent_insert(monkeypatch):
     """Two sweep workers logging one dataset collide on MLflow's unique key; the retry recovers."""
     from mlflow.exceptions import MlflowException
 
-    from nscfate.tracking import run as run_module
+    from nscfate.tracking import record
 
     calls = []
 
@@ -231,13 +231,13 @@ def test_dataset_input_survives_a_concurrent_insert(monkeypatch):
                 "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.digest"
             )
 
-    monkeypatch.setattr(run_module.mlflow, "log_input", flaky)
-    run_module._log_input(object(), "dataset", {})
+    monkeypatch.setattr(record.mlflow, "log_input", flaky)
+    record._log_input(object(), "dataset", {})
     assert calls == ["dataset", "dataset"]
     monkeypatch.setattr(
-        run_module.mlflow,
+        record.mlflow,
         "log_input",
         lambda *a, **k: (_ for _ in ()).throw(MlflowException("boom")),
     )
     with pytest.raises(MlflowException, match="boom"):
-        run_module._log_input(object(), "dataset", {})
+        record._log_input(object(), "dataset", {})

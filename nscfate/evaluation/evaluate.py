@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,7 +30,7 @@ from torchmetrics.functional.classification import (
     multiclass_f1_score,
 )
 
-from nscfate.data.schema import CLASSES
+from nscfate.data.schema import CLASSES, LATENT_PREFIX
 from nscfate.data.splits import INDEP, TEST, TRAIN, VAL
 from nscfate.errors import NscfateError
 from nscfate.estimation import EstimationSettings, FateEstimator, fit_estimator
@@ -319,3 +320,21 @@ def evaluate(
         fractions_by_day=by_day,
         estimator=estimator,
     )
+
+
+def oracle_scores(datamodule: Any) -> dict[str, Any]:
+    """The latent oracle (a classifier on the generator's latent traits) on the run's own split (synthetic data only; empty otherwise)."""
+    index = datamodule.store.index
+    if not any(c.startswith(LATENT_PREFIX) for c in index.columns):
+        return {}
+    from nscfate.data.oracle import oracle_test_scores
+
+    return oracle_test_scores(index, datamodule.split)
+
+
+def oracle_metrics(oracle: dict[str, Any]) -> dict[str, float]:
+    """``oracle/acc``, ``oracle/f1_macro`` and ``oracle/acc_day{d}`` from the oracle's scores."""
+    if not oracle:
+        return {}
+    by_day = {day_metric("oracle/", d): v for d, v in oracle["by_day"].items()}
+    return {"oracle/acc": oracle["acc"], "oracle/f1_macro": oracle["f1_macro"]} | by_day
