@@ -25,6 +25,33 @@ def console_script(name: str) -> str:
     return str(BIN / name)
 
 
+def run_cli(module: str, *args: str) -> tuple[int, str, str]:
+    """Run a console script's ``main`` in this process (``nscfate.cli.<module>``) with ``args`` as
+    its command line: (exit code, stdout, stderr). Cheaper than a subprocess by the imports; one
+    subprocess test per CLI still checks the installed entry point."""
+    import contextlib
+    import importlib
+    import io
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    main = importlib.import_module(f"nscfate.cli.{module}").main
+    out, err = io.StringIO(), io.StringIO()
+    argv, sys.argv = sys.argv, [f"nscfate-{module}", *args]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+        if isinstance(stop.code, str):
+            err.write(stop.code)
+    finally:
+        sys.argv = argv
+        GlobalHydra.instance().clear()
+    return code, out.getvalue(), err.getvalue()
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:

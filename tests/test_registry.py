@@ -19,7 +19,7 @@ from PIL import Image
 
 from nscfate.errors import NscfateError
 
-from .conftest import REPO, compose_train, console_script, free_port
+from .conftest import REPO, compose_train, console_script, free_port, run_cli
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -231,15 +231,16 @@ def test_predict_real_crops_with_champion(registry, tmp_path, sample_pngs):
 
 def test_predict_store_gives_fraction_tables(registry, tmp_path, tiny_synth):
     run = MlflowClient(registry["uri"]).get_run(registry["good"])
-    out = cli(
-        "nscfate-predict",
+    code, stdout, stderr = run_cli(
+        "predict",
         f"model={registry['good']}",
         f"input={tiny_synth.path}",
         f"output={tmp_path}/p.csv",
         f"tracking.uri={registry['uri']}",
         f"hydra.run.dir={tmp_path}/h",
     )
-    assert "Fate fractions" in out.stdout and run.data.tags["nscfate.model_uri"]
+    assert code == 0, stderr[-3000:]
+    assert "Fate fractions" in stdout and run.data.tags["nscfate.model_uri"]
     fractions = pd.read_csv(tmp_path / "p_fractions.csv")
     assert set(fractions["condition"]) == {"control", "NT3", "CNTF", "T3", "nanoparticle"}
     assert len(fractions) == 5 * 4 * 3  # condition x day x fate
@@ -262,14 +263,15 @@ def test_predict_mixed_sizes_and_bit_depths(registry, tmp_path):
     Image.fromarray(rng.integers(90, 120, (45, 30), dtype=np.uint8)).save(folder / "a.png")
     Image.fromarray(rng.integers(900, 1200, (80, 70), dtype=np.uint16)).save(folder / "b.png")
     (folder / "m.csv").write_text("path,condition\na.png,NT3\nb.png,NT3\n")
-    cli(
-        "nscfate-predict",
+    code, _, stderr = run_cli(
+        "predict",
         f"model={registry['good']}",
         f"input={folder}/m.csv",
         f"output={tmp_path}/m.csv",
         f"tracking.uri={registry['uri']}",
         f"hydra.run.dir={tmp_path}/h",
     )
+    assert code == 0, stderr[-3000:]
     assert len(pd.read_csv(tmp_path / "m.csv")) == 2
     assert pd.read_csv(tmp_path / "m_fractions.csv")["n_cells"].tolist() == [2] * 3
 
@@ -349,17 +351,16 @@ def _bad_input(tmp_path: Path, sample_pngs, kind: str) -> Path:
 def test_predict_cli_fails_with_one_line_and_writes_nothing(registry, tmp_path, sample_pngs):
     folder = _bad_input(tmp_path, sample_pngs, "corrupt")
     model, message = "models:/nscfate@champion", r"cannot read image .*bad\.png"
-    proc = cli(
-        "nscfate-predict",
+    code, _, stderr = run_cli(
+        "predict",
         f"model={model}",
         f"input={folder}",
         f"output={tmp_path}/out.csv",
         f"tracking.uri={registry['uri']}",
         f"hydra.run.dir={tmp_path}/h",
-        ok=False,
     )
-    assert proc.returncode == 1 and re.search(message, proc.stderr), proc.stderr[-1500:]
-    assert "Traceback" not in proc.stderr and not (tmp_path / "out.csv").exists()
+    assert code == 1 and re.search(message, stderr), stderr[-1500:]
+    assert "Traceback" not in stderr and not (tmp_path / "out.csv").exists()
 
 
 def _readme_block(marker: str) -> str:
@@ -429,14 +430,15 @@ def test_model_server_answers_like_predict(registry, tmp_path, sample_pngs):
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
-    cli(
-        "nscfate-predict",
+    code, _, stderr = run_cli(
+        "predict",
         "model=models:/nscfate@champion",
         f"input={crops}",
         f"output={tmp_path}/pred.csv",
         f"tracking.uri={registry['uri']}",
         f"hydra.run.dir={tmp_path}/h",
     )
+    assert code == 0, stderr[-3000:]
     local = pd.read_csv(tmp_path / "pred.csv")
     for c in ("astrocyte", "oligodendrocyte", "neuron"):
         assert np.allclose(served[c].to_numpy(), local[f"p_{c}"].to_numpy(), atol=1e-5)

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from nscfate.search.storage import claim, open_storage, recover_dead_trials, standing_trials
 
-from .conftest import TINY_DATA, console_script
+from .conftest import TINY_DATA, console_script, run_cli
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.timeout(900)
@@ -58,6 +58,12 @@ def run(cmd: list[str], ok: bool = True) -> subprocess.CompletedProcess:
     if ok and proc.returncode != 0:
         pytest.fail(f"sweep failed ({proc.returncode}): {proc.stderr[-3000:]}")
     return proc
+
+
+def run_in_process(cmd: list[str]) -> subprocess.CompletedProcess:
+    """The same sweep as ``run(cmd, ok=False)``, in this process (no interpreter start-up)."""
+    code, out, err = run_cli("train", *cmd[3:])  # cmd[:3] is python -m nscfate.cli.train
+    return subprocess.CompletedProcess(cmd, code, out, err)
 
 
 def runs_of(tmp: Path, experiment: str) -> list:
@@ -207,7 +213,10 @@ def test_failing_trials_are_isolated_and_nan_is_a_failure(tmp_path, data_dir):
         "search.direction=minimize",
         "search.max_failure_rate=1.0",
     ]
-    run(sweep_cmd(tmp_path, data_dir, "failing", storage, *space, "search.n_trials=4"))
+    proc = run_in_process(
+        sweep_cmd(tmp_path, data_dir, "failing", storage, *space, "search.n_trials=4")
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
     study = optuna.load_study(study_name="failing", storage=storage)
     states = {(t.params["data.batch_size"], t.params["optimizer.lr"]): t for t in study.trials}
     assert states[(16, 0.01)].state == TrialState.COMPLETE
@@ -227,7 +236,7 @@ def test_failing_trials_are_isolated_and_nan_is_a_failure(tmp_path, data_dir):
 
 def test_sweep_stops_when_too_many_trials_fail(tmp_path, data_dir):
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    proc = run(
+    proc = run_in_process(
         sweep_cmd(
             tmp_path,
             data_dir,
@@ -239,7 +248,6 @@ def test_sweep_stops_when_too_many_trials_fail(tmp_path, data_dir):
             "search.n_trials=2",
             "search.max_failure_rate=0.25",
         ),
-        ok=False,
     )
     assert proc.returncode == 1 and "max_failure_rate" in proc.stderr
 
@@ -277,7 +285,7 @@ def test_pruning_stops_a_clearly_bad_region_early(tmp_path, data_dir):
 )
 def test_bad_sweeps_fail_before_any_trial(tmp_path, data_dir, args, message):
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    proc = run(sweep_cmd(tmp_path, data_dir, "bad", storage, *args), ok=False)
+    proc = run_in_process(sweep_cmd(tmp_path, data_dir, "bad", storage, *args))
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert message in proc.stderr and "Traceback" not in proc.stderr
     if Path(f"{tmp_path}/optuna.db").exists():
@@ -286,8 +294,8 @@ def test_bad_sweeps_fail_before_any_trial(tmp_path, data_dir, args, message):
 
 def test_unreachable_storage_fails_before_any_trial(tmp_path, data_dir):
     storage = "postgresql+psycopg2://nobody@127.0.0.1:9/nowhere"
-    proc = run(
-        sweep_cmd(tmp_path, data_dir, "bad", storage, "optimizer.lr=choice(0.1,0.2)"), ok=False
+    proc = run_in_process(
+        sweep_cmd(tmp_path, data_dir, "bad", storage, "optimizer.lr=choice(0.1,0.2)")
     )
     assert (
         proc.returncode == 1
