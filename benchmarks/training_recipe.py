@@ -142,11 +142,14 @@ def main() -> None:
                 f"{r['wall_seconds']:6.1f} s  {r['warnings']}",
                 flush=True,
             )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps({"command": " ".join(sys.argv), "runs": results}, indent=2) + "\n"
-    )
+            write(args.out, results)  # after every run: an interrupted invocation keeps its runs
     print(f"written {args.out}")
+
+
+def write(out: Path, results: list[dict]) -> None:
+    """The invocation's command and every finished run, as JSON."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": " ".join(sys.argv), "runs": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
