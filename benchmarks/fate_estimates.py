@@ -46,7 +46,7 @@ from nscfate.estimation import EstimationSettings, FateEstimator, fit_estimator
 from nscfate.estimation.calibration import METHODS as CALIBRATIONS
 from nscfate.estimation.calibration import fit_calibration
 from nscfate.estimation.quantify import METHODS, Reference, estimate
-from nscfate.training.evaluate import LOGIT_COLUMNS
+from nscfate.evaluation.evaluate import LOGIT_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO.parent / "shared" / "samples" / "zhu2021"
