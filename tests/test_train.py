@@ -215,3 +215,22 @@ def test_tracking_none_trains_evaluates_and_logs_nothing(tmp_path, data_dir, cap
     print_summary(cfg, result)
     out = capsys.readouterr().out
     assert "Not tracked (tracking=none)" in out and "test macro-F1" in out
+
+
+def test_evaluation_runs_in_the_trainers_precision(tmp_path, data_dir):
+    """bf16-mixed (what trainer=gpu uses) reaches inference after fitting too: autocast is on in
+    every forward pass of the evaluation, and the metrics stay finite."""
+    import torch
+
+    seen = []
+
+    class Spy(Callback):
+        def on_fit_end(self, trainer, pl_module):
+            pl_module.net.register_forward_hook(
+                lambda *_: seen.append(torch.is_autocast_enabled("cpu"))
+            )
+
+    cfg = compose_train(tmp_path, data_dir, "trainer.precision=bf16-mixed", "trainer.max_epochs=1")
+    metrics, _ = train(cfg, callbacks=[Spy()])
+    assert seen and all(seen)
+    assert math.isfinite(metrics["test/f1_macro"]) and math.isfinite(metrics["test/ece"])

@@ -128,10 +128,12 @@ def train(
             torch.load(best, map_location=module.device, weights_only=True)["state_dict"]
         )
     log.info("Calibrating on the validation split, fitting the OOD detector")
-    estimator = fit_estimator_on(module, datamodule, EstimationSettings.from_config(cfg))
+    # Inference in the trainer's precision (bf16-mixed on a GPU: autocast), as fitting ran.
+    with trainer.precision_plugin.forward_context():
+        estimator = fit_estimator_on(module, datamodule, EstimationSettings.from_config(cfg))
+        evaluation = evaluate(module, datamodule, estimator)
     if best:
         save_estimator(best, estimator)
-    evaluation = evaluate(module, datamodule, estimator)
     metrics |= evaluation.metrics
     warnings = check_run(metrics, evaluation.cells)
     for warning in warnings:
