@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from nscfate.errors import NscfateError
 from nscfate.files import atomic_write
-from nscfate.redact import redact, redact_logs
+from nscfate.redact import redact, redact_hydra_outputs, redact_logs
 from nscfate.search import trial as trials
 from nscfate.search.mirror import end_dead_runs, find_or_create_parent, finish_parent, study_summary
 from nscfate.search.space import SearchSpace, parse_space
@@ -75,6 +75,7 @@ class OptunaSweeper:
         """What the launcher runs for one trial, on the config composed with its overrides."""
         if self._trial is None:
             raise RuntimeError("the launcher ran a task outside a trial")
+        redact_hydra_outputs()  # the job's .hydra/*.yaml record the command line, a password too
         return trials.run_trial(cfg, self._trial)
 
     def sweep(self, arguments: list[str]) -> dict:
