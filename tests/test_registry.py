@@ -226,6 +226,8 @@ def test_predict_real_crops_with_champion(registry, tmp_path, sample_pngs):
     assert len(rows) == 6 and set(rows["fate"]) <= {"astrocyte", "oligodendrocyte", "neuron"}
     probs = rows[["p_astrocyte", "p_oligodendrocyte", "p_neuron"]].to_numpy()
     assert np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    # one numeric column per fate by default: the raw logits only with logits=true
+    assert not [c for c in rows if c.startswith("logit_")]
     assert not (tmp_path / "pred_fractions.csv").exists()  # a flat folder has no conditions
 
 
@@ -238,6 +240,7 @@ def test_predict_store_gives_fraction_tables(registry, tmp_path, tiny_synth):
         f"output={tmp_path}/p.csv",
         f"tracking.uri={registry['uri']}",
         f"hydra.run.dir={tmp_path}/h",
+        "logits=true",
     )
     assert code == 0, stderr[-3000:]
     assert "Fate fractions" in stdout and run.data.tags["nscfate.model_uri"]

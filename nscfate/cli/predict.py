@@ -24,6 +24,7 @@ def app(cfg: DictConfig) -> None:
     import mlflow
     from mlflow import MlflowClient
 
+    from nscfate.evaluation.evaluate import LOGIT_COLUMNS
     from nscfate.tracking.connection import check_reachable
     from nscfate.tracking.predict import (
         fate_fraction_table,
@@ -42,7 +43,8 @@ def app(cfg: DictConfig) -> None:
     mlflow.set_tracking_uri(cfg.tracking.uri)
     uri = resolve_model_uri(str(cfg.model_uri), MlflowClient(cfg.tracking.uri))
     predictions, estimator = predict_cells(load_model(uri), crops, cells)
-    write_csv(predictions, output)
+    kept = predictions if cfg.logits else predictions.drop(columns=LOGIT_COLUMNS, errors="ignore")
+    write_csv(kept, output)
     print(f"predicted {len(predictions)} cells with {cfg.model_uri} -> {output}")
     if (alarm := ood_alarm(predictions)) is not None:
         print_alarm(alarm)
