@@ -26,7 +26,7 @@ def main(cfg: DictConfig) -> float:
     from nscfate.tracking.summary import print_summary
 
     result = tracked_train(cfg)
-    if result.run_id or (not cfg.tracking.enabled and rank_zero_only.rank == 0):
+    if rank_zero_only.rank == 0:  # DDP workers train but stay quiet
         print_summary(cfg, result)
     return result.objective
 

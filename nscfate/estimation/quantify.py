@@ -77,15 +77,15 @@ def em_rounds(
     prior = np.array(priors, dtype=np.float64)
     zero = prior.prod(axis=1) == 0  # QuaPy smooths a zero prior the same way
     prior[zero] = (prior[zero] + epsilon) / (prior[zero] + epsilon).sum(axis=1, keepdims=True)
-    qs, previous = prior.copy(), None
+    qs = prior.copy()
     done = np.zeros(len(prior), dtype=bool)
     for step in range(EMQ.MAX_ITER):
         ps = (qs / prior)[:, None, :] * posteriors
         ps /= ps.sum(axis=2, keepdims=True)
         new = np.where(done[:, None], qs, ps.mean(axis=1))
-        if previous is not None and step > 10:
-            done |= np.abs(new - previous).mean(axis=1) < epsilon
-        previous = qs = new
+        if step > 10:
+            done |= np.abs(new - qs).mean(axis=1) < epsilon
+        qs = new
         if done.all():
             break
     return qs

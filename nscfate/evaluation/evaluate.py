@@ -323,7 +323,8 @@ def evaluate(
 
 
 def oracle_scores(datamodule: Any) -> dict[str, Any]:
-    """The latent oracle (a classifier on the generator's latent traits) on the run's own split (synthetic data only; empty otherwise)."""
+    """The latent oracle (a classifier on the generator's latent traits) on the run's own split
+    (synthetic data only; empty otherwise)."""
     index = datamodule.store.index
     if not any(c.startswith(LATENT_PREFIX) for c in index.columns):
         return {}

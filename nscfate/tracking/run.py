@@ -56,8 +56,9 @@ def tracked_train(
     tagged ``nscfate.interrupted`` instead of FAILED, then propagates.
     """
     cfg, datamodule = prepare(cfg)
-    if not cfg.tracking.get("enabled", True):  # tracking=none
-        return _untracked(cfg, callbacks, datamodule)
+    if not cfg.tracking.get("enabled", True):  # tracking=none: the same run, nothing logged
+        metrics, objects = train(cfg, callbacks=callbacks, datamodule=datamodule)
+        return _result(cfg, metrics, objects, None, _add_oracle(metrics, objects))
     if rank_zero_only.rank != 0:  # DDP workers train but never log
         metrics, _ = train(cfg, callbacks=callbacks, datamodule=datamodule)
         return TrackedRun(float("nan"), metrics, None)
@@ -91,38 +92,38 @@ def tracked_train(
             mlflow.set_tag("nscfate.interrupted", type(stop).__name__)
             mlflow.end_run("KILLED")
             raise
-        oracle = oracle_scores(objects["datamodule"])
-        metrics |= oracle_metrics(oracle)
-        log_results(cfg, metrics, objects, oracle.get("by_day", {}))
+        oracle_by_day = _add_oracle(metrics, objects)
+        log_results(cfg, metrics, objects, oracle_by_day)
         log_warnings(objects["warnings"])
     if cfg.objective not in metrics:
         raise NscfateError(
             f"objective={cfg.objective} was never logged by run {run_id} (no complete training epoch?)"
         )
-    evaluation = objects["evaluation"]
-    return TrackedRun(
-        float(metrics[cfg.objective]),
-        metrics,
-        run_id,
-        objects["warnings"],
-        evaluation.accuracy_by_day,
-        oracle.get("by_day", {}),
-        evaluation.fractions,
-    )
+    return _result(cfg, metrics, objects, run_id, oracle_by_day)
 
 
-def _untracked(cfg: DictConfig, callbacks: Sequence[Callback], datamodule: Any) -> TrackedRun:
-    """``tracking=none``: the same training and evaluation, no MLflow run."""
-    metrics, objects = train(cfg, callbacks=callbacks, datamodule=datamodule)
+def _add_oracle(metrics: dict[str, float], objects: dict[str, Any]) -> dict[float, float]:
+    """Add the latent oracle's metrics (synthetic data only) to ``metrics``; return its accuracy
+    by day."""
     oracle = oracle_scores(objects["datamodule"])
     metrics |= oracle_metrics(oracle)
+    return oracle.get("by_day", {})
+
+
+def _result(
+    cfg: DictConfig,
+    metrics: dict[str, float],
+    objects: dict[str, Any],
+    run_id: str | None,
+    oracle_by_day: dict[float, float],
+) -> TrackedRun:
     evaluation = objects["evaluation"]
     return TrackedRun(
         float(metrics.get(cfg.objective, float("nan"))),
         metrics,
-        None,
+        run_id,
         objects["warnings"],
         evaluation.accuracy_by_day,
-        oracle.get("by_day", {}),
+        oracle_by_day,
         evaluation.fractions,
     )
