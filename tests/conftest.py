@@ -82,7 +82,7 @@ def sample_tree(tmp_path: Path, sample_pngs: list[Path]) -> Path:
 @pytest.fixture(scope="session")
 def tiny_synth(tmp_path_factory: pytest.TempPathFactory):
     """A small synthetic store (seeded), shared by the tests that only read it."""
-    from nscfate.data.builtin import generate_synthetic_store
+    from nscfate.data.synthetic_cache import generate_synthetic_store
 
     out = tmp_path_factory.mktemp("synth") / "tiny"
     settings = {"seed": 3, "cells_per_group": 15, "confound": 0.5}

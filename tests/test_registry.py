@@ -328,7 +328,8 @@ def test_predict_bad_input(registry, tmp_path, sample_pngs, model, make_input, m
     """In-process, in the CLI's order (inputs, then the model): one NscfateError naming the problem."""
     import mlflow
 
-    from nscfate.tracking.predict import load_inputs, load_model, resolve_model_uri
+    from nscfate.data.inputs import load_inputs
+    from nscfate.tracking.predict import load_model, resolve_model_uri
 
     folder = _bad_input(tmp_path, sample_pngs, make_input)
     mlflow.set_tracking_uri(registry["uri"])

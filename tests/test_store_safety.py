@@ -102,7 +102,7 @@ def test_two_concurrent_ingests_of_one_out_one_wins(tmp_path, overwrite):
 
 _GENERATE = """
 import sys
-from nscfate.data.builtin import generate_synthetic_store
+from nscfate.data.synthetic_cache import generate_synthetic_store
 store = generate_synthetic_store({"cells_per_group": 30, "seed": 5}, __import__("pathlib").Path(sys.argv[1]),
                                  progress=False, reuse_existing=True)
 print(store.digest, (store.path / "images.npy").stat().st_ino)

@@ -58,7 +58,7 @@ def test_same_settings_give_byte_identical_output(small) -> None:
 def test_a_new_generator_version_gets_a_new_store(monkeypatch) -> None:
     """The built-in store is cached by a folder name that must change with the generator."""
     import nscfate.data.synthetic as synthetic
-    from nscfate.data.builtin import synthetic_slug
+    from nscfate.data.synthetic_cache import synthetic_slug
 
     settings = {"seed": 0, "cells_per_group": 12}
     before = synthetic_slug(settings)

@@ -41,7 +41,7 @@ def _print_json(obj: dict) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from nscfate.data.builtin import generate_synthetic_store
+    from nscfate.data.synthetic_cache import generate_synthetic_store
 
     settings = {
         "seed": args.seed,

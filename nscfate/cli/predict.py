@@ -24,11 +24,11 @@ def app(cfg: DictConfig) -> None:
     import mlflow
     from mlflow import MlflowClient
 
+    from nscfate.data.inputs import load_inputs
     from nscfate.evaluation.evaluate import LOGIT_COLUMNS
     from nscfate.tracking.connection import check_reachable
     from nscfate.tracking.predict import (
         fate_fraction_table,
-        load_inputs,
         load_model,
         ood_alarm,
         predict_cells,

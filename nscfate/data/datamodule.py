@@ -24,7 +24,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from nscfate.augment import build_augmentation, check_keeps_shape
-from nscfate.data.builtin import generate_synthetic_store, synthetic_slug
 from nscfate.data.imageio import fit_to_size
 from nscfate.data.normalize import Normalizer, to_unit_float
 from nscfate.data.schema import CLASSES
@@ -39,6 +38,7 @@ from nscfate.data.splits import (
     split_digest,
 )
 from nscfate.data.store import IMAGES, DatasetStore, open_store
+from nscfate.data.synthetic_cache import generate_synthetic_store, synthetic_slug
 from nscfate.errors import NscfateError
 from nscfate.files import atomic_write
 
