@@ -212,9 +212,11 @@ def test_tracking_none_trains_evaluates_and_logs_nothing(tmp_path, data_dir, cap
     assert result.run_id is None and not (tmp_path / "mlflow.db").exists()
     assert result.objective == result.metrics["val/f1_macro_best"]
     assert {"test/f1_macro", "oracle/f1_macro", "indep/frac_mae"} <= set(result.metrics)
+    assert 0 <= result.metrics["oracle/frac_mae"] <= result.metrics["oracle/frac_max_err"] < 1
     print_summary(cfg, result)
     out = capsys.readouterr().out
     assert "Not tracked (tracking=none)" in out and "test macro-F1" in out
+    assert f"fraction error {result.metrics['oracle/frac_mae']:.3f}" in out
 
 
 def test_evaluation_runs_in_the_trainers_precision(tmp_path, data_dir):

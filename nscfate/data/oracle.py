@@ -103,28 +103,49 @@ def mean_intensity_accuracy(
     return grouped_cv_accuracy(feature, y, index["batch"].to_numpy()[rows], seed)
 
 
-def oracle_test_scores(index: pd.DataFrame, split: pd.Series) -> dict[str, Any]:
-    """The latent oracle on a run's own split: fit on ``train`` cells, score the ``test`` cells.
-
-    Returns ``acc``, ``f1_macro`` and ``by_day`` (day -> accuracy), the ceiling a CNN on the same
-    test set is compared with.
-    """
+def fit_oracle(index: pd.DataFrame, split: pd.Series) -> Any:
+    """A standardised logistic regression on the latent traits, fit on the ``train`` cells."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import f1_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    train = (split == "train").to_numpy()
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    model.fit(index.loc[train, latent_columns(index)].to_numpy(), index.loc[train, "label"])
+    return model
+
+
+def latent_columns(index: pd.DataFrame) -> list[str]:
+    """The generator's latent-trait columns (``lat_*``); an error on a store without them."""
     cols = [c for c in index.columns if c.startswith(LATENT_PREFIX)]
     if not cols:
         raise NscfateError("the oracle needs the synthetic generator's latent columns (lat_*)")
-    train, test = (split == "train").to_numpy(), (split == "test").to_numpy()
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    model.fit(index.loc[train, cols].to_numpy(), index.loc[train, "label"].to_numpy())
+    return cols
+
+
+def oracle_log_probs(model: Any, index: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    """The fitted oracle's log-probabilities (columns in ``CLASSES`` order) for some rows."""
+    probs = model.predict_proba(index.iloc[rows][latent_columns(index)].to_numpy())
+    order = [list(model.classes_).index(c) for c in CLASSES]
+    return np.log(np.clip(probs[:, order], 1e-12, 1.0))
+
+
+def oracle_test_scores(index: pd.DataFrame, split: pd.Series) -> dict[str, Any]:
+    """The latent oracle on a run's own split: fit on ``train`` cells, score the ``test`` cells.
+
+    Returns ``acc``, ``f1_macro``, ``by_day`` (day -> accuracy), the ceiling a CNN on the same
+    test set is compared with, and ``model`` (the fitted oracle).
+    """
+    from sklearn.metrics import f1_score
+
+    model = fit_oracle(index, split)
+    test = (split == "test").to_numpy()
     truth = index.loc[test, "label"].to_numpy()
-    pred = model.predict(index.loc[test, cols].to_numpy())
-    scores = {
+    pred = model.predict(index.loc[test, latent_columns(index)].to_numpy())
+    scores: dict[str, Any] = {
         "acc": float(np.mean(pred == truth)),
         "f1_macro": float(f1_score(truth, pred, labels=list(CLASSES), average="macro")),
+        "model": model,
     }
     days = index.loc[test, "day"].to_numpy()
     scores["by_day"] = {

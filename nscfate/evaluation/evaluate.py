@@ -9,13 +9,15 @@ identical numbers from identical predictions. Metric names are stable:
 - per independent condition ``indep/{c}/pred_frac_{k}`` (classify and count),
   ``indep/{c}/est_frac_{k}`` with ``_lo``/``_hi`` (corrected, 95 % interval), ``indep/{c}/true_frac_{k}``,
   ``indep/{c}/ood_frac``; over conditions ``indep/frac_mae_raw``, ``indep/frac_mae``,
-  ``indep/frac_max_err`` (where the truth is known).
+  ``indep/frac_max_err`` (where the truth is known);
+- on synthetic data, the latent oracle's ``oracle/acc``, ``oracle/f1_macro``, ``oracle/acc_day{d}``
+  and ``oracle/frac_mae`` / ``oracle/frac_max_err`` (its posteriors through the same correction).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -31,7 +33,7 @@ from torchmetrics.functional.classification import (
 )
 
 from nscfate.data.schema import CLASSES, LATENT_PREFIX
-from nscfate.data.splits import INDEP, TEST, TRAIN, VAL
+from nscfate.data.splits import INDEP, TEST, TRAIN, VAL, rows_of
 from nscfate.errors import NscfateError
 from nscfate.estimation import EstimationSettings, FateEstimator, fit_estimator
 from nscfate.estimation.quantify import Interval
@@ -48,6 +50,8 @@ TEST_METRICS: tuple[str, ...] = (
     "test/ood_frac",
 )
 FRACTION_SUMMARY: tuple[str, ...] = ("indep/frac_mae_raw", "indep/frac_mae", "indep/frac_max_err")
+#: The latent oracle's fate-fraction error with the run's own correction (synthetic data only).
+ORACLE_FRACTIONS: tuple[str, ...] = ("frac_mae", "frac_max_err")
 _CLASS = "(" + "|".join(CLASSES) + ")"
 _DYNAMIC = re.compile(
     rf"^(test/acc_day[\d.]+|indep/[^/]+/((pred|true)_frac_{_CLASS}|est_frac_{_CLASS}(_lo|_hi)?|ood_frac))$"
@@ -322,20 +326,55 @@ def evaluate(
     )
 
 
-def oracle_scores(datamodule: Any) -> dict[str, Any]:
+def oracle_scores(datamodule: Any, settings: EstimationSettings | None = None) -> dict[str, Any]:
     """The latent oracle (a classifier on the generator's latent traits) on the run's own split
-    (synthetic data only; empty otherwise)."""
+    (synthetic data only; empty otherwise): test accuracy, by day, and the fate-fraction error the
+    run's own correction reaches on the oracle's posteriors."""
     index = datamodule.store.index
     if not any(c.startswith(LATENT_PREFIX) for c in index.columns):
         return {}
     from nscfate.data.oracle import oracle_test_scores
 
-    return oracle_test_scores(index, datamodule.split)
+    scores = oracle_test_scores(index, datamodule.split)
+    model = scores.pop("model")
+    return scores | oracle_fraction_errors(
+        model, index, datamodule.split, settings or EstimationSettings()
+    )
+
+
+def oracle_fraction_errors(
+    model: Any, index: pd.DataFrame, split: pd.Series, settings: EstimationSettings
+) -> dict[str, float]:
+    """Calibrate the oracle on the validation cells and estimate every independent condition's
+    fate fractions with ``settings`` (point estimates): the error a model that saw the cells'
+    true morphology, unblurred by the microscope, would leave. Empty without such conditions."""
+    from nscfate.data.oracle import oracle_log_probs
+
+    parts = sorted(p for p in split.unique() if p.startswith(INDEP))
+    if not parts:
+        return {}
+    labels = index["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+    val = rows_of(split, VAL)
+    estimator = fit_estimator(
+        replace(settings, n_boot=0), oracle_log_probs(model, index, val), labels[val]
+    )
+    rows = rows_of(split, parts)
+    logits = oracle_log_probs(model, index, rows)
+    cells = pd.DataFrame(logits, columns=LOGIT_COLUMNS).assign(
+        condition=index["condition"].to_numpy()[rows],
+        label=index["label"].to_numpy()[rows],
+        predicted=np.asarray(CLASSES)[logits.argmax(axis=1)],
+    )
+    table = fate_fractions(cells, estimator)
+    errors = (table["est_frac"] - table["true_frac"]).abs()
+    return {"frac_mae": float(errors.mean()), "frac_max_err": float(errors.max())}
 
 
 def oracle_metrics(oracle: dict[str, Any]) -> dict[str, float]:
-    """``oracle/acc``, ``oracle/f1_macro`` and ``oracle/acc_day{d}`` from the oracle's scores."""
+    """``oracle/acc``, ``oracle/f1_macro``, ``oracle/acc_day{d}`` and, with independent
+    conditions, ``oracle/frac_mae`` and ``oracle/frac_max_err`` from the oracle's scores."""
     if not oracle:
         return {}
     by_day = {day_metric("oracle/", d): v for d, v in oracle["by_day"].items()}
-    return {"oracle/acc": oracle["acc"], "oracle/f1_macro": oracle["f1_macro"]} | by_day
+    fractions = {f"oracle/{k}": oracle[k] for k in ORACLE_FRACTIONS if k in oracle}
+    return {"oracle/acc": oracle["acc"], "oracle/f1_macro": oracle["f1_macro"]} | by_day | fractions

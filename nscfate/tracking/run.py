@@ -105,7 +105,8 @@ def tracked_train(
 def _add_oracle(metrics: dict[str, float], objects: dict[str, Any]) -> dict[float, float]:
     """Add the latent oracle's metrics (synthetic data only) to ``metrics``; return its accuracy
     by day."""
-    oracle = oracle_scores(objects["datamodule"])
+    estimator = getattr(objects.get("evaluation"), "estimator", None)
+    oracle = oracle_scores(objects["datamodule"], getattr(estimator, "settings", None))
     metrics |= oracle_metrics(oracle)
     return oracle.get("by_day", {})
 

@@ -37,6 +37,11 @@ def print_summary(cfg: DictConfig, result) -> None:
     if "oracle/f1_macro" in m:
         console.print(
             f"latent oracle on the same test cells: acc {m['oracle/acc']:.3f} | macro-F1 {m['oracle/f1_macro']:.3f}"
+            + (
+                f" | fraction error {m['oracle/frac_mae']:.3f} (worst {m['oracle/frac_max_err']:.3f})"
+                if "oracle/frac_mae" in m
+                else ""
+            )
         )
     console.print(
         f"test acc {m.get('test/acc', float('nan')):.3f} | test macro-F1 {m.get('test/f1_macro', float('nan')):.3f}"
