@@ -227,3 +227,25 @@ def test_progress_bar_goes_to_stderr(capsys) -> None:
     generate(SynthSettings(cells_per_group=2, days=(1,), conditions=()), progress=True)
     captured = capsys.readouterr()
     assert captured.out == "" and "cell" in captured.err
+
+
+def test_inducer_shift_scales_the_inducer_microscope_and_keeps_the_default_store() -> None:
+    """``inducer_shift=0`` images the inducer conditions like control (the same cells otherwise);
+    the default (1) leaves every byte and the cached store's folder name as they were."""
+    from nscfate.data.synthetic import _describe
+    from nscfate.data.synthetic_cache import synthetic_slug
+
+    def inducer_optics(shift: float) -> pd.DataFrame:
+        plan, acquisition, _, _ = _describe(SynthSettings(cells_per_group=60, inducer_shift=shift))
+        return acquisition[plan["condition"].to_numpy() != "control"]
+
+    shifted, unshifted = inducer_optics(1.0), inducer_optics(0.0)
+    gap = shifted["defocus_um"].abs().mean() - unshifted["defocus_um"].abs().mean()
+    assert 0.8 < gap < 1.2  # the shift adds about 1 um of defocus
+    assert (shifted["na"] < unshifted["na"]).all()
+    assert (shifted["full_well"] < unshifted["full_well"]).all()
+    settings = {"seed": 0, "cells_per_group": 12}
+    assert synthetic_slug(settings | {"inducer_shift": 1.0}) == synthetic_slug(settings)
+    assert synthetic_slug(settings | {"inducer_shift": 0.0}) != synthetic_slug(settings)
+    with pytest.raises(NscfateError, match="inducer_shift must be in"):
+        SynthSettings(inducer_shift=-1)

@@ -100,6 +100,8 @@ class SynthSettings:
     days: tuple[float, ...] = (1, 3, 5, 7)
     batches_per_group: int = 5
     confound: float = 1.0
+    #: Scale of the inducer conditions' microscope shift (1 = as generated, 0 = imaged like control).
+    inducer_shift: float = 1.0
     bit_depth: int = 8
     conditions: Conditions = _as_tuple(DEFAULT_CONDITIONS)
 
@@ -115,6 +117,10 @@ class SynthSettings:
             raise NscfateError("synthetic cells_per_group and batches_per_group must be >= 1")
         if not 0.0 <= self.confound <= 1.0:
             raise NscfateError(f"synthetic confound must be in [0, 1], got {self.confound}")
+        if not 0.0 <= self.inducer_shift <= 3.0:
+            raise NscfateError(
+                f"synthetic inducer_shift must be in [0, 3], got {self.inducer_shift}"
+            )
         if self.bit_depth not in (8, 16):
             raise NscfateError(f"synthetic bit_depth must be 8 or 16, got {self.bit_depth}")
         if not self.days or min(self.days) < 0 or len(set(self.days)) < len(self.days):
@@ -195,7 +201,7 @@ def _acquisition(plan: pd.DataFrame, s: SynthSettings, rng: np.random.Generator)
     target = first["label"].map(_CONFOUND_LEVEL).to_numpy() + rng.normal(0, 0.015, nb)
     level = np.where(inducer, neutral + 0.03, (1 - s.confound) * neutral + s.confound * target)
     # Mild microscope shift for the independent conditions: more defocus, lower NA, noisier camera.
-    shift = inducer.astype(np.float64)
+    shift = inducer.astype(np.float64) * s.inducer_shift
     sign = np.where(rng.random(nb) < 0.85, FOCUS_SIGN, -FOCUS_SIGN)
     batch = pd.DataFrame(
         {

@@ -29,6 +29,8 @@ def synthetic_slug(settings: Mapping[str, Any]) -> str:
     from nscfate.data.synthetic import GENERATOR_VERSION
 
     full = asdict(synth_settings(settings))
+    if full["inducer_shift"] == 1.0:  # added later: stores made before it keep their folder name
+        del full["inducer_shift"]
     key = json.dumps({"v": GENERATOR_VERSION, **full}, sort_keys=True, default=str)
     short = hashlib.sha256(key.encode()).hexdigest()[:10]
     return f"synthetic-seed{full['seed']}-k{full['cells_per_group']}-{full['size']}px-{short}"
