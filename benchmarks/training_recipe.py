@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,14 @@ from nscfate.data.export import synthetic_ideas_export
 from nscfate.data.ingest import ingest
 
 LAB_SEEDS = {"lab1": 1, "lab2": 2}
+#: What a run records of its fate-fraction estimates and calibration, where it has them.
+FRACTION_FIGURES = (
+    "indep/frac_mae_raw",
+    "indep/frac_mae",
+    "indep/frac_max_err",
+    "test/ece",
+    "test/ece_uncalibrated",
+)
 
 
 #: Batch size and epochs before the recipe existed (cpu_baseline fixed 20 epochs for the demo).
@@ -61,6 +70,12 @@ def store_overrides(name: str, tmp: Path) -> list[str]:
         synthetic_ideas_export(tmp / f"export-{name}", seed=LAB_SEEDS[name])
         ingest(tmp / f"export-{name}", store, fmt="ideas")
     return ["data=folder", f"data.path={store}"]
+
+
+def _train_cells(log: str) -> int | None:
+    """The training-set size nscfate-train reports with its batch-size recipe."""
+    found = re.search(r"(\d+) training cells", log)
+    return int(found.group(1)) if found else None
 
 
 def run(store: str, variant: str, tmp: Path, tag: str, seed: int | None = None) -> dict:
@@ -101,6 +116,15 @@ def run(store: str, variant: str, tmp: Path, tag: str, seed: int | None = None) 
             for k, v in sorted(m.items())
             if k.startswith("test/acc_day")
         },
+        "oracle_by_day": {
+            k.removeprefix("oracle/acc_"): round(v, 3)
+            for k, v in sorted(m.items())
+            if k.startswith("oracle/acc_day")
+        },
+        # fate fractions of the held-out inducer conditions and calibration (issue 11's targets)
+        **{name.replace("/", "_"): round(m[name], 4) for name in FRACTION_FIGURES if name in m},
+        "cells_per_group": p.get("data.synthetic.cells_per_group"),
+        "train_cells": _train_cells(proc.stdout + proc.stderr),
         "batch_size": int(p["data.batch_size"]),
         "max_epochs": int(p["trainer.max_epochs"]),
         "epochs_trained": epochs,
@@ -137,7 +161,8 @@ def main() -> None:
             r = results[-1]
             print(
                 f"{store:8s} {variant[:40]:40s} seed {r['seed']} macro-F1 {r['test_f1_macro']:.3f}  "
-                f"by day {r['acc_by_day']}  batch {r['batch_size']:3d}  "
+                f"by day {r['acc_by_day']}  frac_mae {r.get('indep_frac_mae', float('nan')):.3f} "
+                f"max {r.get('indep_frac_max_err', float('nan')):.3f}  batch {r['batch_size']:3d}  "
                 f"epochs {r['epochs_trained']:3d}/{r['max_epochs']:3d}  "
                 f"{r['wall_seconds']:6.1f} s  {r['warnings']}",
                 flush=True,
