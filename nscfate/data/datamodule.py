@@ -263,6 +263,3 @@ class CellDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self.loader(VAL)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.loader(TEST)

@@ -121,6 +121,9 @@ def train(
     if not trainer.is_global_zero:
         return metrics, objects
 
+    # Not trainer.test/predict(ckpt_path="best"): under DDP those run on every rank and return
+    # per-rank shards padded by the DistributedSampler, while evaluation (calibration, bootstrap
+    # intervals, OOD fit) needs every cell once, on rank 0. The trainer's precision is kept below.
     best = best_checkpoint(trainer)
     if best:
         log.info("Testing the best checkpoint %s", best)
