@@ -41,6 +41,8 @@ FRACTION_FIGURES = (
     "indep/frac_max_err",
     "test/ece",
     "test/ece_uncalibrated",
+    "test/ood_frac",
+    "oracle/frac_mae",
 )
 
 
