@@ -10,6 +10,13 @@ inducer conditions imaged like control: same morphology, no extra defocus, NA lo
 If the error stays, the microscope shift is not what limits it. Each line: accuracy on the test
 split and on the inducer conditions, the fraction error (estimated and counted), and the latent
 oracle's fraction error on the same split (its posteriors through the same correction: the floor).
+
+On the data as generated, two more questions about the correction's reference (the validation
+cells it learns the model's errors from, one culture per fate and day):
+
+- does learning it from twice the cultures (validation and test together) lower the error?
+- bootstrap intervals that resample cultures (validation cultures within each fate, the condition's
+  cultures) instead of cells: how often do they hold the truth, and how wide are they?
 """
 
 from __future__ import annotations
@@ -20,10 +27,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from omegaconf import OmegaConf
 
 from nscfate.data.datamodule import CellDataModule
-from nscfate.data.splits import INDEP
+from nscfate.data.schema import CLASSES
+from nscfate.data.splits import INDEP, TEST, VAL, rows_of
+from nscfate.estimation.calibration import fit_calibration
+from nscfate.estimation.quantify import Reference, estimate
 from nscfate.evaluation.checkpoint import evaluate_checkpoint, load_checkpoint
 from nscfate.evaluation.evaluate import oracle_scores
 
@@ -44,7 +55,8 @@ def figures(checkpoint: Path, shift: float, data_dir: Path) -> dict:
     )
     datamodule.setup("test")
     oracle = oracle_scores(datamodule)
-    return {
+    reference = reference_questions(evaluation, datamodule) if shift == 1.0 else {}
+    return reference | {
         "inducer_shift": shift,
         "test_acc": round(m["test/acc"], 4),
         "indep_acc": round(float((indep["predicted"] == indep["label"]).mean()), 4),
@@ -53,6 +65,60 @@ def figures(checkpoint: Path, shift: float, data_dir: Path) -> dict:
         "frac_mae_raw": round(m["indep/frac_mae_raw"], 4),
         "oracle_frac_mae": round(oracle["frac_mae"], 4),
         "oracle_frac_max_err": round(oracle["frac_max_err"], 4),
+    }
+
+
+def culture_rows(rng: np.random.Generator, batches: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Rows of one bootstrap draw over cultures, drawn within each fate (a control culture is one
+    fate)."""
+    rows = []
+    for k in np.unique(labels):
+        cultures = np.unique(batches[labels == k])
+        rows += [np.flatnonzero(batches == b) for b in rng.choice(cultures, len(cultures))]
+    return np.concatenate(rows)
+
+
+def reference_questions(evaluation, datamodule, rounds: int = 200) -> dict:
+    """Fraction error with the correction learned from validation + test cultures; coverage and
+    half-width of a bootstrap over cultures (seeded)."""
+    est, cells = evaluation.estimator, evaluation.cells
+    method, calibration = est.settings.quantify, est.settings.calibration
+    columns = [f"logit_{c}" for c in CLASSES]
+    codes = {c: i for i, c in enumerate(CLASSES)}
+    test = cells[cells["split"] == TEST]
+    groups = [g for _, g in cells[cells["split"].str.startswith(INDEP)].groupby("condition")]
+    truth = np.stack(
+        [
+            g["label"].map(codes).value_counts(normalize=True).reindex(range(3), fill_value=0)
+            for g in groups
+        ]
+    )
+
+    def estimates(ref_logits, ref_labels, groups):
+        cal = fit_calibration(ref_logits, ref_labels, calibration)
+        ref = Reference(cal.probabilities(ref_logits), ref_labels)
+        return np.stack(
+            [estimate(method, cal.probabilities(g[columns].to_numpy()), ref) for g in groups]
+        )
+
+    ref_logits = np.r_[est.val_logits, test[columns].to_numpy()]
+    ref_labels = np.r_[est.val_labels, test["label"].map(codes).to_numpy()]
+    both = np.abs(estimates(ref_logits, ref_labels, groups) - truth)
+    val_batches = datamodule.store.index["batch"].to_numpy()[rows_of(datamodule.split, VAL)]
+    rng = np.random.default_rng(0)
+    draws = []
+    for _ in range(rounds):
+        pick = culture_rows(rng, val_batches, est.val_labels)
+        resampled = [
+            g.iloc[culture_rows(rng, g["batch"].to_numpy(), np.zeros(len(g)))] for g in groups
+        ]
+        draws.append(estimates(est.val_logits[pick], est.val_labels[pick], resampled))
+    low, high = np.quantile(np.stack(draws), [0.025, 0.975], axis=0)
+    return {
+        "reference_val_and_test_frac_mae": round(float(both.mean()), 4),
+        "reference_val_and_test_frac_max_err": round(float(both.max()), 4),
+        "culture_bootstrap_coverage": round(float(((low <= truth) & (truth <= high)).mean()), 3),
+        "culture_bootstrap_half_width": round(float(((high - low) / 2).mean()), 4),
     }
 
 
@@ -68,6 +134,15 @@ def main() -> None:
         for shift in (1.0, 0.0):
             r = figures(args.checkpoint, shift, Path(tmp))
             results.append(r)
+            if "culture_bootstrap_coverage" in r:
+                print(
+                    f"correction learned from validation + test cultures: fraction error "
+                    f"{r['reference_val_and_test_frac_mae']:.3f} (worst "
+                    f"{r['reference_val_and_test_frac_max_err']:.3f}) | bootstrap over cultures: "
+                    f"coverage {r['culture_bootstrap_coverage']:.0%}, half-width "
+                    f"{r['culture_bootstrap_half_width']:.3f}",
+                    flush=True,
+                )
             print(
                 f"inducer_shift={shift:g}: accuracy test {r['test_acc']:.3f}, inducers "
                 f"{r['indep_acc']:.3f} | fraction error {r['frac_mae']:.3f} (worst "
