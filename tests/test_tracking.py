@@ -138,7 +138,7 @@ def test_checkpoint_eval_and_wrong_architecture(tracked, tmp_path):
     from omegaconf import OmegaConf
 
     from nscfate.evaluation.checkpoint import evaluate_checkpoint
-    from nscfate.tracking.reevaluate import run_checkpoint
+    from nscfate.tracking.fetch import run_checkpoint
 
     cfg, result, client, run = tracked
     ckpt = run_checkpoint(client, run.info.run_id, tmp_path)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
+from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -26,24 +28,27 @@ def main(cfg: DictConfig) -> None:
         raise NscfateError(
             "give exactly one of run_id=<mlflow run id> or ckpt_path=<checkpoint file>"
         )
-    model, data = cfg.get("model"), cfg.get("data")
-    report: dict = {}
-    if cfg.run_id:
-        from nscfate.tracking.connection import check_reachable
-        from nscfate.tracking.reevaluate import evaluate_run
+    from nscfate.evaluation.checkpoint import evaluate_checkpoint
 
-        check_reachable(cfg.tracking.uri)
-        evaluation, logged = evaluate_run(cfg.tracking.uri, cfg.run_id, model=model, data=data)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint, logged = cfg.ckpt_path, None
+        if cfg.run_id:  # the run's best checkpoint and what it logged, from MLflow
+            from nscfate.tracking.connection import check_reachable
+            from nscfate.tracking.fetch import fetch_run
+
+            check_reachable(cfg.tracking.uri)
+            checkpoint, logged = fetch_run(cfg.tracking.uri, cfg.run_id, Path(tmp))
+        evaluation, _ = evaluate_checkpoint(
+            checkpoint, model=cfg.get("model"), data=cfg.get("data")
+        )
+    report: dict = {}
+    if logged is not None:
         shared = [
             k for k in evaluation.metrics if k in logged and math.isfinite(evaluation.metrics[k])
         ]
         report["max_abs_diff_vs_run"] = max(
             (abs(evaluation.metrics[k] - logged[k]) for k in shared), default=None
         )
-    else:
-        from nscfate.evaluation.checkpoint import evaluate_checkpoint
-
-        evaluation, _ = evaluate_checkpoint(cfg.ckpt_path, model=model, data=data)
     print(json.dumps({"metrics": evaluation.metrics} | report, indent=2))
 
 

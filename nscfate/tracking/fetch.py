@@ -1,17 +1,13 @@
-"""Re-evaluate a tracked run from its MLflow record: its config and best checkpoint."""
+"""Fetch what a tracked run left in MLflow: its best checkpoint and its logged metrics."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from omegaconf import DictConfig
 
 from nscfate.errors import NscfateError
-from nscfate.evaluation.checkpoint import evaluate_checkpoint
-from nscfate.evaluation.evaluate import Evaluation
 
 
 def run_checkpoint(client: MlflowClient, run_id: str, dst: Path) -> Path:
@@ -27,17 +23,11 @@ def run_checkpoint(client: MlflowClient, run_id: str, dst: Path) -> Path:
     return Path(client.download_artifacts(run_id, files[0], str(dst)))
 
 
-def evaluate_run(
-    uri: str, run_id: str, model: DictConfig | None = None, data: DictConfig | None = None
-) -> tuple[Evaluation, dict[str, float]]:
-    """Evaluate run ``run_id``'s best checkpoint; returns the evaluation and the run's own metrics."""
+def fetch_run(uri: str, run_id: str, dst: Path) -> tuple[Path, dict[str, float]]:
+    """The run's best checkpoint (downloaded into ``dst``) and the metrics it logged."""
     client = MlflowClient(uri)
     try:
         run = client.get_run(run_id)
     except MlflowException as err:
         raise NscfateError(f"run_id={run_id} not found in {uri}") from err
-    with tempfile.TemporaryDirectory() as tmp:
-        evaluation, _ = evaluate_checkpoint(
-            run_checkpoint(client, run_id, Path(tmp)), model=model, data=data
-        )
-    return evaluation, dict(run.data.metrics)
+    return run_checkpoint(client, run_id, dst), dict(run.data.metrics)
