@@ -53,8 +53,8 @@ SAMPLES = REPO.parent / "shared" / "samples" / "zhu2021"
 EXPERIMENT = "fate-estimates"
 
 
-def train(seed: int, uri: str, tmp: Path) -> str:
-    """One demo run with training seed ``seed``; returns its run id."""
+def train(seed: int, uri: str, tmp: Path, overrides: list[str]) -> str:
+    """One demo run with training seed ``seed`` (and extra Hydra overrides); returns its run id."""
     cmd = [
         sys.executable,
         "-m",
@@ -67,6 +67,7 @@ def train(seed: int, uri: str, tmp: Path) -> str:
         f"hydra.run.dir={tmp}/run-{seed}",
         "trainer.enable_progress_bar=false",
         "~callbacks.rich_progress_bar",
+        *overrides,
     ]
     start = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -328,6 +329,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--reuse", default=None, help="analyse the runs already in this store")
+    parser.add_argument(
+        "--overrides", default="", help="Hydra overrides for every run, e.g. trainer.max_epochs=40"
+    )
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/fate_estimates.json"))
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -343,15 +347,17 @@ def main() -> None:
                 0
             ].info.run_id
         else:
-            run_id = train(seed, uri, tmp)
+            run_id = train(seed, uri, tmp, args.overrides.split())
         results.append(analyse(uri, run_id, seed))
         print(json.dumps(results[-1]["shipped"] | results[-1]["ood"]), flush=True)
-    report = {
-        "command": "python benchmarks/fate_estimates.py --seeds " + args.seeds,
-        "summary": summarise(results),
-        "runs": results,
-    }
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+        report = {  # after every seed: an interrupted invocation keeps its runs
+            "command": "python benchmarks/fate_estimates.py --seeds "
+            + args.seeds
+            + (f" --overrides '{args.overrides}'" if args.overrides else ""),
+            "summary": summarise(results),
+            "runs": results,
+        }
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report["summary"], indent=1))
     print(f"-> {args.out} (runs in {uri})")
 
