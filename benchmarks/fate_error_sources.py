@@ -54,7 +54,7 @@ def figures(checkpoint: Path, shift: float, data_dir: Path) -> dict:
         **{k: v for k, v in OmegaConf.to_container(data).items() if k[0] != "_"}
     )
     datamodule.setup("test")
-    oracle = oracle_scores(datamodule)
+    oracle = oracle_scores(datamodule, evaluation.estimator.settings)  # the same correction
     reference = reference_questions(evaluation, datamodule) if shift == 1.0 else {}
     return reference | {
         "inducer_shift": shift,

@@ -157,7 +157,7 @@ def test_checkpoint_eval_and_wrong_architecture(tracked, tmp_path):
     from nscfate.estimation import ESTIMATION_KEY
 
     state = torch.load(ckpt, weights_only=True)
-    assert state[ESTIMATION_KEY]["calibration"]["method"] == "ts"
+    assert state[ESTIMATION_KEY]["calibration"]["method"] == "bcts"
     del state[ESTIMATION_KEY]
     torch.save(state, tmp_path / "old.ckpt")
     refit, _ = evaluate_checkpoint(tmp_path / "old.ckpt")

@@ -35,7 +35,7 @@ ESTIMATION_KEY = "nscfate_estimation"
 class EstimationSettings:
     """``calibration.method``, ``quantify.*`` and ``ood.*`` of the run config."""
 
-    calibration: str = "ts"
+    calibration: str = "bcts"
     quantify: str = "emq"
     n_boot: int = 200
     level: float = 0.95
