@@ -25,6 +25,7 @@ import argparse
 import json
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +34,9 @@ from omegaconf import OmegaConf
 from nscfate.data.datamodule import CellDataModule
 from nscfate.data.schema import CLASSES
 from nscfate.data.splits import INDEP, TEST, VAL, rows_of
-from nscfate.estimation.calibration import fit_calibration
-from nscfate.estimation.quantify import Reference, estimate
+from nscfate.estimation import fit_estimator
 from nscfate.evaluation.checkpoint import evaluate_checkpoint, load_checkpoint
-from nscfate.evaluation.evaluate import oracle_scores
+from nscfate.evaluation.evaluate import LOGIT_COLUMNS, oracle_scores
 
 
 def figures(checkpoint: Path, shift: float, data_dir: Path) -> dict:
@@ -82,26 +82,22 @@ def reference_questions(evaluation, datamodule, rounds: int = 200) -> dict:
     """Fraction error with the correction learned from validation + test cultures; coverage and
     half-width of a bootstrap over cultures (seeded)."""
     est, cells = evaluation.estimator, evaluation.cells
-    method, calibration = est.settings.quantify, est.settings.calibration
-    columns = [f"logit_{c}" for c in CLASSES]
+    settings = replace(est.settings, n_boot=0)  # the run's calibration and method, point estimates
     codes = {c: i for i, c in enumerate(CLASSES)}
     test = cells[cells["split"] == TEST]
     groups = [g for _, g in cells[cells["split"].str.startswith(INDEP)].groupby("condition")]
     truth = np.stack(
         [
-            g["label"].map(codes).value_counts(normalize=True).reindex(range(3), fill_value=0)
+            g["label"].map(codes).value_counts(normalize=True).reindex(codes.values(), fill_value=0)
             for g in groups
         ]
     )
 
     def estimates(ref_logits, ref_labels, groups):
-        cal = fit_calibration(ref_logits, ref_labels, calibration)
-        ref = Reference(cal.probabilities(ref_logits), ref_labels)
-        return np.stack(
-            [estimate(method, cal.probabilities(g[columns].to_numpy()), ref) for g in groups]
-        )
+        refit = fit_estimator(settings, ref_logits, ref_labels)
+        return np.stack([refit.fractions(g[LOGIT_COLUMNS].to_numpy()).estimate for g in groups])
 
-    ref_logits = np.r_[est.val_logits, test[columns].to_numpy()]
+    ref_logits = np.r_[est.val_logits, test[LOGIT_COLUMNS].to_numpy()]
     ref_labels = np.r_[est.val_labels, test["label"].map(codes).to_numpy()]
     both = np.abs(estimates(ref_logits, ref_labels, groups) - truth)
     val_batches = datamodule.store.index["batch"].to_numpy()[rows_of(datamodule.split, VAL)]

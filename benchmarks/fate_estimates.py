@@ -129,15 +129,14 @@ def oracle_grid(run: mlflow.entities.Run, seed: int) -> dict:
     floor each calibration leaves. The cells' latents are regenerated (no pixels)."""
     from nscfate.data.oracle import fit_oracle
     from nscfate.data.splits import SplitSpec, make_split
-    from nscfate.data.synthetic import SynthSettings, _describe, _index
+    from nscfate.data.synthetic import SynthSettings, describe
     from nscfate.evaluation.evaluate import oracle_fraction_errors
 
     p = run.data.params
     settings = SynthSettings(
         seed=int(p["data.synthetic.seed"]), cells_per_group=int(p["data.synthetic.cells_per_group"])
     )
-    plan, acquisition, cells, _ = _describe(settings)
-    index = _index(plan, acquisition, cells["lat"], settings)
+    index = describe(settings)
     conditions = tuple(name for name, _ in settings.conditions)
     split = make_split(index, SplitSpec(seed=seed, holdout_conditions=conditions))
     model = fit_oracle(index, split)

@@ -17,13 +17,12 @@ held-out conditions (``indep/frac_mae`` and ``frac_max_err``, ``frac_mae_raw`` f
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from training_recipe import run  # noqa: E402  (a sibling script, not a package)
+from training_recipe import run, write  # noqa: E402  (a sibling script, not a package)
 
 
 def point(cells_per_group: int, epochs: int, variant: str, seed: int, tmp: Path) -> dict:
@@ -70,12 +69,6 @@ def main() -> None:
                 )
                 write(args.out, results)  # after every point: an interrupted curve keeps its points
     print(f"written {args.out}")
-
-
-def write(out: Path, results: list[dict]) -> None:
-    """The invocation's command and every finished point, as JSON."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": " ".join(sys.argv), "points": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

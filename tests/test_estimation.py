@@ -147,13 +147,12 @@ def test_the_oracle_through_the_runs_correction_recovers_the_inducer_fractions()
     would leave, which a run reports next to its own (``oracle/frac_mae``)."""
     from nscfate.data.oracle import fit_oracle
     from nscfate.data.splits import SplitSpec, make_split
-    from nscfate.data.synthetic import SynthSettings, _describe, _index
+    from nscfate.data.synthetic import SynthSettings, describe
     from nscfate.estimation import EstimationSettings
     from nscfate.evaluation.evaluate import oracle_fraction_errors
 
     settings = SynthSettings(cells_per_group=300)  # latents only: no pixels are rendered
-    plan, acquisition, cells, _ = _describe(settings)
-    index = _index(plan, acquisition, cells["lat"], settings)
+    index = describe(settings)
     conditions = tuple(name for name, _ in settings.conditions)
     split = make_split(index, SplitSpec(seed=0, holdout_conditions=conditions))
     oracle = fit_oracle(index, split)

@@ -232,12 +232,13 @@ def test_progress_bar_goes_to_stderr(capsys) -> None:
 def test_inducer_shift_scales_the_inducer_microscope_and_keeps_the_default_store() -> None:
     """``inducer_shift=0`` images the inducer conditions like control (the same cells otherwise);
     the default (1) leaves every byte and the cached store's folder name as they were."""
-    from nscfate.data.synthetic import _describe
+    from nscfate.data.synthetic import describe
     from nscfate.data.synthetic_cache import synthetic_slug
 
     def inducer_optics(shift: float) -> pd.DataFrame:
-        plan, acquisition, _, _ = _describe(SynthSettings(cells_per_group=60, inducer_shift=shift))
-        return acquisition[plan["condition"].to_numpy() != "control"]
+        index = describe(SynthSettings(cells_per_group=60, inducer_shift=shift))
+        inducers = index[index["condition"] != CONTROL]
+        return inducers.rename(columns=lambda c: c.removeprefix(ACQUISITION_PREFIX))
 
     shifted, unshifted = inducer_optics(1.0), inducer_optics(0.0)
     gap = shifted["defocus_um"].abs().mean() - unshifted["defocus_um"].abs().mean()

@@ -23,14 +23,18 @@ from nscfate.data.store import (
 )
 from nscfate.errors import NscfateError
 
+#: Generator settings added after stores were first cached, with the default that reproduces them.
+ADDED_LATER = {"inducer_shift": 1.0}
+
 
 def synthetic_slug(settings: Mapping[str, Any]) -> str:
     """A folder name that changes whenever the generator or its settings change."""
     from nscfate.data.synthetic import GENERATOR_VERSION
 
     full = asdict(synth_settings(settings))
-    if full["inducer_shift"] == 1.0:  # added later: stores made before it keep their folder name
-        del full["inducer_shift"]
+    for key, default in ADDED_LATER.items():  # stores made before a setting existed keep their name
+        if full[key] == default:
+            del full[key]
     key = json.dumps({"v": GENERATOR_VERSION, **full}, sort_keys=True, default=str)
     short = hashlib.sha256(key.encode()).hexdigest()[:10]
     return f"synthetic-seed{full['seed']}-k{full['cells_per_group']}-{full['size']}px-{short}"

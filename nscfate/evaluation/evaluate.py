@@ -365,9 +365,8 @@ def oracle_fraction_errors(
         label=index["label"].to_numpy()[rows],
         predicted=np.asarray(CLASSES)[logits.argmax(axis=1)],
     )
-    table = fate_fractions(cells, estimator)
-    errors = (table["est_frac"] - table["true_frac"]).abs()
-    return {"frac_mae": float(errors.mean()), "frac_max_err": float(errors.max())}
+    summary = fraction_metrics(fate_fractions(cells, estimator))
+    return {k: summary[f"indep/{k}"] for k in ORACLE_FRACTIONS}
 
 
 def oracle_metrics(oracle: dict[str, Any]) -> dict[str, float]:
