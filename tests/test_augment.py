@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import albumentations as A
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from nscfate.augment import build_augmentation, scale_params
+from nscfate.augment import build_augmentation, scale_params, seed_policy
 from nscfate.data.normalize import per_image, to_unit_float
 from nscfate.errors import NscfateError
 
@@ -98,3 +99,24 @@ def test_bad_policies_are_named():
 def test_only_albumentations_transforms_are_built(target):
     with pytest.raises(NscfateError, match="not an albumentations transform"):
         build_augmentation({"transforms": [{"_target_": target, "command": "true"}]})
+
+
+def test_a_seeded_policy_draws_each_transform_independently():
+    """albumentations 2.0.8 hands a Compose's seed to every transform unchanged, so two transforms
+    that draw alike (HorizontalFlip and VerticalFlip) would always fire together: the light policy
+    would never mirror a crop. Each transform gets a seed of its own, at build and per worker."""
+    light = OmegaConf.load(CONF / "augmentation" / "light.yaml")
+    policy = build_augmentation(light, seed=1)
+    img = np.random.default_rng(0).random((16, 16)).astype(np.float32)
+
+    def both_flipped(p: A.Compose) -> float:
+        hflip, vflip = p.transforms[:2]
+
+        def fired(t: A.BasicTransform) -> bool:
+            return not np.array_equal(t(image=img)["image"], img)
+
+        return np.mean([all([fired(hflip), fired(vflip)]) for _ in range(2000)])
+
+    assert abs(both_flipped(policy) - 0.25) < 0.04
+    seed_policy(policy, 7)  # what a loader worker does with its own seed
+    assert abs(both_flipped(policy) - 0.25) < 0.04

@@ -68,7 +68,10 @@ def build_augmentation(
     transforms = [_build_one(t, magnitude, i) for i, t in enumerate(node.get("transforms") or [])]
     if not transforms:
         return None
-    return A.Compose(transforms, seed=seed)
+    policy = A.Compose(transforms)
+    if seed is not None:
+        seed_policy(policy, seed)
+    return policy
 
 
 def _build_one(spec: DictConfig, magnitude: float, position: int) -> A.BasicTransform:
@@ -136,3 +139,16 @@ def check_keeps_shape(policy: A.Compose | None, shape: tuple[int, int], name: st
                     f"{shape[0]}x{shape[1]} crop into {out[0]}x{out[1]}; keep "
                     "data.pad_to_square=true (the default) or use a policy without it"
                 )
+
+
+def seed_policy(policy: A.Compose, seed: int) -> None:
+    """Seed ``policy`` and give each of its transforms a stream of its own.
+
+    ``A.Compose.set_random_seed`` (albumentations 2.0.8) hands the same seed to every transform, so
+    transforms that draw alike fire together: HorizontalFlip and VerticalFlip at p=0.5 would both
+    flip or neither, and a crop would never be mirrored.
+    """
+    policy.set_random_seed(seed)
+    streams = np.random.SeedSequence(seed).spawn(len(policy.transforms))
+    for transform, stream in zip(policy.transforms, streams, strict=True):
+        transform.set_random_seed(int(stream.generate_state(1)[0]))
