@@ -51,7 +51,11 @@ def test_trainers_compose_and_cpu_instantiates(tmp_path, data_dir, name):
             cfg.trainer.precision == "bf16-mixed"
             and cfg.runtime.channels_last
             and cfg.data.pin_memory
+            and cfg.data.transform_on == "device"  # batches finished on the GPU
         )
+        # The datamodule it builds hands the trainer raw batches, and finishes them in its hook.
+        dm = instantiate(cfg.data)
+        assert dm.transform_on == "device" and dm.pin_memory
     elif name == "ddp":
         assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices >= 2
     else:

@@ -1,8 +1,10 @@
 """The LightningDataModule: a memory-mapped dataset store, split, normalised and augmented.
 
-Items are dicts ``{"image": float32 1xHxW, "label": int64 (-1 when unknown), "row": int64}``;
-``row`` is the cell's position in the store's index, so any per-cell column (day, condition,
-batch) can be joined back to predictions.
+Batches are dicts ``{"image": float32 N x 1 x H x W, "label": int64 (-1 when unknown), "row":
+int64}``; ``row`` is the cell's position in the store's index, so any per-cell column (day,
+condition, batch) can be joined back to predictions. A batch is read from the store in one go and
+normalised (and, for policies with a batched twin, augmented) as a batch, in torch: in the loader
+workers, or on the training device with ``transform_on=device`` (see :class:`CellCrops`).
 
 Non-square crops (a lab export's 57x60, the paper's 45x30) are padded to a square with their own
 background level by default (``pad_to_square``), so that 90° rotations and any other augmentation
@@ -23,7 +25,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from nscfate.augment import build_augmentation, check_keeps_shape
+from nscfate.augment import build_augmentation, check_keeps_shape, seed_policy
+from nscfate.augment.batched import BatchedPolicy, batched_policy
 from nscfate.data.imageio import fit_to_size
 from nscfate.data.normalize import Normalizer, to_unit_float
 from nscfate.data.schema import CLASSES
@@ -45,55 +48,92 @@ from nscfate.files import atomic_write
 log = logging.getLogger(__name__)
 #: How many training crops ``data.normalize=dataset`` reads to estimate its mean and std.
 DATASET_STATS_SAMPLE = 4096
+#: Where a training batch is finished (``data.transform_on``).
+TRANSFORM_ON = ("workers", "device")
+
+
+class BatchTransform:
+    """What a batch of crops goes through once it is a batch: to float in [0, 1] (integer crops, by
+    the store's white level), the batched augmentation (training crops only) and normalisation, in
+    torch on whatever device holds the batch. Returns float32 N x 1 x H x W."""
+
+    def __init__(
+        self, white_level: int, normalizer: Normalizer, augment: BatchedPolicy | None = None
+    ) -> None:
+        self.white_level, self.normalizer, self.augment = white_level, normalizer, augment
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        x = images if images.is_floating_point() else images.float() / self.white_level
+        if self.augment is not None and generator is not None:
+            x = self.augment(x, generator)
+        return self.normalizer.torch(x)[:, None].contiguous()
 
 
 class CellCrops(Dataset):
-    """Crops of some rows of a store, converted to float, fitted to ``size`` (padded with their own
-    background), augmented, then normalised."""
+    """Crops of some rows of a store, served a batch at a time (``__getitems__``): one read of the
+    memory-mapped rows, then per crop only what must be per crop (padding a non-square crop with its
+    own background, a per-sample albumentations policy), then :class:`BatchTransform` for the
+    batch, in the loader worker, or later on the training device when ``on_device``."""
 
     def __init__(
         self,
         store_path: Path,
         rows: np.ndarray,
         labels: np.ndarray,
-        white_level: int,
-        normalizer: Normalizer,
+        transform: BatchTransform,
         size: tuple[int, int],
         augment: Any = None,
+        on_device: bool = False,
     ) -> None:
         self.store_path, self.rows, self.labels = store_path, rows, labels
-        self.white_level, self.normalizer, self.augment = white_level, normalizer, augment
-        self.size = size
-        self._images: np.ndarray | None = (
-            None  # opened lazily: a memmap must not cross process lines
-        )
+        self.transform, self.size, self.augment = transform, size, augment
+        self.on_device = on_device
+        #: Draws the batched augmentation in a worker (seeded per worker by ``_seed_worker``).
+        self.generator = torch.Generator().manual_seed(0)
+        self._images: np.ndarray | None = None  # opened lazily: a memmap must not cross processes
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([i]).items()}
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         if self._images is None:
             self._images = np.load(self.store_path / IMAGES, mmap_mode="r")
-        row = int(self.rows[i])
-        crop = to_unit_float(self._images[row], self.white_level)
-        if crop.shape != self.size:
-            crop = fit_to_size(crop, *self.size)
-        if self.augment is not None:
-            crop = self.augment(image=crop)["image"]
-        crop = self.normalizer(crop)
+        where = np.asarray(indices, dtype=np.int64)
+        rows = self.rows[where]
+        raw = self._images[rows]
+        if raw.shape[1:] != self.size or self.augment is not None:
+            unit = to_unit_float(raw, self.transform.white_level)
+            crops = [fit_to_size(c, *self.size) for c in unit]
+            if self.augment is not None:
+                crops = [self.augment(image=c)["image"] for c in crops]
+            images = torch.from_numpy(np.stack(crops).astype(np.float32, copy=False))
+        else:  # the common case: no per-crop Python at all
+            images = torch.from_numpy(raw.astype(np.int32) if raw.dtype == np.uint16 else raw)
+        if not self.on_device:
+            gen = self.generator if self.transform.augment is not None else None
+            images = self.transform(images, gen)
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[None],
-            "label": torch.tensor(int(self.labels[i]), dtype=torch.long),
-            "row": torch.tensor(row, dtype=torch.long),
+            "image": images,
+            "label": torch.from_numpy(self.labels[where]),
+            "row": torch.from_numpy(rows.astype(np.int64, copy=False)),
         }
 
 
+def as_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The loader's collate function: ``__getitems__`` already returns the batch."""
+    return batch
+
+
 def _seed_worker(worker_id: int) -> None:
-    """Give each loader worker its own augmentation stream, derived from the loader's seed."""
+    """Give each loader worker its own augmentation streams, derived from the loader's seed."""
     info = torch.utils.data.get_worker_info()
-    augment = getattr(info.dataset, "augment", None)
-    if augment is not None:
-        augment.set_random_seed(info.seed % 2**32)
+    dataset = info.dataset
+    if getattr(dataset, "augment", None) is not None:
+        seed_policy(dataset.augment, info.seed % 2**32)
+    dataset.generator = torch.Generator().manual_seed(info.seed % 2**63)
 
 
 class CellDataModule(L.LightningDataModule):
@@ -109,6 +149,10 @@ class CellDataModule(L.LightningDataModule):
             keep their shape (false keeps the store's shape; a shape-changing policy is then an error).
         split: ``SplitSpec`` fields: val, test, seed, group_by, holdout_conditions.
         batch_size: training batch size, or ``auto`` (set by ``nscfate.training.train.prepare``).
+        transform_on: where a training or validation batch is normalised and (for policies with a
+            batched twin, ``nscfate.augment.batched``) augmented: ``workers`` (the loader workers,
+            beside the training process: best on a CPU) or ``device`` (the device that trains, in
+            ``on_after_batch_transfer``: a GPU). Evaluation loaders always finish in the workers.
     """
 
     def __init__(
@@ -125,8 +169,14 @@ class CellDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         seed: int = 0,
+        transform_on: str = "workers",
     ) -> None:
         super().__init__()
+        if transform_on not in TRANSFORM_ON:
+            raise NscfateError(
+                f"data.transform_on={transform_on!r}: expected one of {', '.join(TRANSFORM_ON)}"
+            )
+        self.transform_on = transform_on
         self.synthetic = dict(synthetic) if synthetic else None
         self.store_path = (
             Path(path) if not self.synthetic else Path(path) / synthetic_slug(self.synthetic)
@@ -143,6 +193,7 @@ class CellDataModule(L.LightningDataModule):
         self.split: pd.Series | None = None
         self.split_digest: str | None = None
         self.datasets: dict[str, CellCrops] = {}
+        self._device_generator: torch.Generator | None = None
 
     # ----------------------------------------------------------------------------- preparation
     def prepare_data(self) -> None:
@@ -187,20 +238,25 @@ class CellDataModule(L.LightningDataModule):
     def _dataset(self, part: str) -> CellCrops:
         rows = rows_of(self.split, part)
         labels = self.store.index["label"].map({c: i for i, c in enumerate(CLASSES)}).fillna(-1)
-        augment = None
+        augment, batched = None, None
         if part == TRAIN:
             augment = build_augmentation(self.augmentation_cfg, seed=self.seed)
             name = (self.augmentation_cfg or {}).get("name", "?")
             check_keeps_shape(augment, self.input_size, name)
-        return CellCrops(
+            batched = batched_policy(augment)
+            if augment is not None:
+                how = "per batch (torch)" if batched else "per crop (albumentations)"
+                log.info("augmentation=%s runs %s", name, how)
+        dataset = CellCrops(
             self.store_path,
             rows,
             labels.to_numpy(dtype=np.int64)[rows],
-            self.store.white_level,
-            self.normalizer,
+            BatchTransform(self.store.white_level, self.normalizer, batched),
             self.input_size,
-            augment,
+            None if batched else augment,
         )
+        dataset.generator.manual_seed(self.seed)
+        return dataset
 
     def _fit_normalizer(self) -> None:
         rows = rows_of(self.split, TRAIN)
@@ -222,10 +278,13 @@ class CellDataModule(L.LightningDataModule):
             log.warning("could not save the split next to the store: %s", err)
 
     # ------------------------------------------------------------------------------- loaders
-    def loader(self, part: str, shuffle: bool = False, augmented: bool = True) -> DataLoader:
+    def loader(
+        self, part: str, shuffle: bool = False, augmented: bool = True, on_device: bool = False
+    ) -> DataLoader:
         """A DataLoader over one split (``train``, ``val``, ``test`` or ``indep:<condition>``).
 
         ``augmented=False`` gives the training crops as evaluation sees crops (no augmentation).
+        ``on_device``: the batches come raw and :meth:`on_after_batch_transfer` finishes them.
         """
         if part not in self.datasets:
             raise NscfateError(
@@ -238,12 +297,16 @@ class CellDataModule(L.LightningDataModule):
                 "training starts; give a number to use the datamodule on its own"
             )
         dataset = self.datasets[part]
-        if not augmented and dataset.augment is not None:
+        if on_device or not augmented:
             dataset = copy.copy(dataset)
+            dataset.on_device = on_device
+        if not augmented:
             dataset.augment = None
+            dataset.transform = self.eval_transform
         return DataLoader(
             dataset,
             batch_size=batch_size,
+            collate_fn=as_batch,
             shuffle=shuffle,
             drop_last=shuffle and self._per_rank(part) >= 2 * self.batch_size,
             num_workers=self.num_workers,
@@ -259,7 +322,29 @@ class CellDataModule(L.LightningDataModule):
         return len(self.datasets[part]) // max(world, 1)
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader(TRAIN, shuffle=True)
+        return self.loader(TRAIN, shuffle=True, on_device=self.transform_on == "device")
 
     def val_dataloader(self) -> DataLoader:
-        return self.loader(VAL)
+        return self.loader(VAL, on_device=self.transform_on == "device")
+
+    @property
+    def eval_transform(self) -> BatchTransform:
+        """The transform of crops that are not augmented (any split but a training batch)."""
+        assert self.store is not None, "call setup() first"
+        return BatchTransform(self.store.white_level, self.normalizer)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Finish a raw batch (``transform_on=device``: N x H x W, not yet N x 1 x H x W) on the
+        device that trains: augmentation for training batches, normalisation for all."""
+        if batch["image"].ndim != 3:
+            return batch  # finished in the loader workers
+        training = self.trainer is not None and self.trainer.training
+        transform = self.datasets[TRAIN].transform if training else self.eval_transform
+        return batch | {"image": transform(batch["image"], self._generator_on(batch["image"]))}
+
+    def _generator_on(self, like: torch.Tensor) -> torch.Generator:
+        """The device's augmentation stream: seeded once, different on every DDP rank."""
+        if self._device_generator is None or self._device_generator.device != like.device:
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            self._device_generator = torch.Generator(like.device).manual_seed(self.seed + rank)
+        return self._device_generator
