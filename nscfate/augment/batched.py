@@ -7,23 +7,42 @@ Each twin reads the parameters of the albumentations transform it replaces (prob
 border mode) and draws them from the same distributions, so a policy means the same thing on both
 paths (tests compare them transform by transform). A policy with any other transform (blur, defocus,
 noise) stays per-sample.
+
+The geometric twins (flips, quarter turns, Affine) are matrices: consecutive ones are multiplied and
+the batch is resampled once (``grid_sample``), which is exact for flips and quarter turns (they land
+on pixel centres) and one bilinear interpolation for the whole chain.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
 import albumentations as A
 import cv2
 import torch
 import torch.nn.functional as F
 
-#: Batched twin of one albumentations transform: (crops N x H x W, generator) -> crops.
-BatchedFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+#: cv2 border modes grid_sample reproduces (BORDER_CONSTANT: zeros padding around ``fill``).
+_PADDING = {
+    cv2.BORDER_REFLECT: "reflection",
+    cv2.BORDER_REPLICATE: "border",
+    cv2.BORDER_CONSTANT: "zeros",
+}
 
-#: cv2 border modes grid_sample reproduces (BORDER_CONSTANT needs its fill, handled below).
-_PADDING = {cv2.BORDER_REFLECT: "reflection", cv2.BORDER_REPLICATE: "border"}
+#: (n, h, w, generator, device) -> N x 3 x 3 matrices moving a source pixel to its output place.
+Matrices = Callable[[int, int, int, torch.Generator, torch.device], torch.Tensor]
+
+
+@dataclass
+class Warp:
+    """A geometric transform as per-crop 3 x 3 matrices that move a source pixel (x, y, 1) to its
+    place in the output, pixel centres at integer coordinates (cv2's convention). ``border`` is the
+    cv2 border mode for output pixels that come from outside the crop (None: none ever do)."""
+
+    matrices: Matrices
+    border: int | None = None
+    fill: float = 0.0
 
 
 def _chosen(n: int, p: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -38,119 +57,144 @@ def _uniform(
     return low + (high - low) * torch.rand(n, generator=gen, device=device, dtype=torch.float64)
 
 
-def _flip(dim: int) -> Callable[[A.BasicTransform], BatchedFn]:
-    def build(t: A.BasicTransform) -> BatchedFn:
-        def apply(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-            mask = _chosen(len(x), t.p, gen, x.device)[:, None, None]
-            return torch.where(mask, x.flip(dim), x)
-
-        return apply
-
-    return build
+def _stack(rows: list[list[torch.Tensor]]) -> torch.Tensor:
+    """N x 3 x 3 matrices from a 3 x 3 nest of N-vectors."""
+    return torch.stack([torch.stack(row, -1) for row in rows], -2)
 
 
-def _rotate90(t: A.BasicTransform) -> BatchedFn:
-    def apply(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        # albumentations draws k from {0, 1, 2, 3} once the transform applies (np.rot90 sense)
-        k = torch.randint(0, 4, (len(x),), generator=gen, device=x.device)
-        k = torch.where(_chosen(len(x), t.p, gen, x.device), k, 0)
-        turns = torch.stack([torch.rot90(x, r, dims=(-2, -1)) for r in range(4)])
-        return turns[k, torch.arange(len(x), device=x.device)]
-
-    return apply
+def _only(chosen: torch.Tensor, moves: torch.Tensor) -> torch.Tensor:
+    """``moves`` where ``chosen``, the identity elsewhere."""
+    eye = torch.eye(3, dtype=moves.dtype, device=moves.device).expand_as(moves)
+    return torch.where(chosen[:, None, None], moves, eye)
 
 
-def _affine(t: A.Affine) -> BatchedFn | None:
-    """Affine with translate_percent, per-axis scale, rotate and shear; linear interpolation."""
+def _fixed(matrix: list[list[float]], n: int, dev: torch.device) -> torch.Tensor:
+    return torch.tensor(matrix, dtype=torch.float64, device=dev).expand(n, 3, 3)
+
+
+def _hflip(t: A.BasicTransform) -> Warp:
+    def matrices(n: int, h: int, w: int, gen: torch.Generator, dev: torch.device) -> torch.Tensor:
+        flip = _fixed([[-1, 0, w - 1], [0, 1, 0], [0, 0, 1]], n, dev)
+        return _only(_chosen(n, t.p, gen, dev), flip)
+
+    return Warp(matrices)
+
+
+def _vflip(t: A.BasicTransform) -> Warp:
+    def matrices(n: int, h: int, w: int, gen: torch.Generator, dev: torch.device) -> torch.Tensor:
+        flip = _fixed([[1, 0, 0], [0, -1, h - 1], [0, 0, 1]], n, dev)
+        return _only(_chosen(n, t.p, gen, dev), flip)
+
+    return Warp(matrices)
+
+
+def _rotate90(t: A.BasicTransform) -> Warp:
+    """k quarter turns in np.rot90's sense, k drawn from {0, 1, 2, 3} (square crops)."""
+
+    def matrices(n: int, h: int, w: int, gen: torch.Generator, dev: torch.device) -> torch.Tensor:
+        k = torch.randint(0, 4, (n,), generator=gen, device=dev)
+        k = torch.where(_chosen(n, t.p, gen, dev), k, 0)
+        # np.rot90 once: out[y', x'] = in[x', w - 1 - y'], i.e. (x, y) -> (y, w - 1 - x)
+        turn = torch.tensor([[0, 1, 0], [-1, 0, w - 1], [0, 0, 1]], dtype=torch.float64, device=dev)
+        powers = torch.stack([torch.linalg.matrix_power(turn, r) for r in range(4)])
+        return powers[k]
+
+    return Warp(matrices)
+
+
+def _affine(t: A.Affine) -> Warp | None:
+    """Affine with translate_percent, per-axis scale, rotate and shear; linear interpolation;
+    reflect, replicate or constant borders. Any other option: no twin."""
     unsupported = (
         t.fit_output
         or t.balanced_scale
         or t.translate_px is not None
         or t.interpolation != cv2.INTER_LINEAR
-        or (t.border_mode not in _PADDING and t.border_mode != cv2.BORDER_CONSTANT)
-        or (t.border_mode == cv2.BORDER_CONSTANT and not isinstance(t.fill, int | float))
+        or t.border_mode not in _PADDING
+        or isinstance(t.fill, tuple | list)
     )
     if unsupported:
         return None
 
-    def apply(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        n, h, w = x.shape
-        dev = x.device
-        shift = torch.tensor([[1.0, 0, -(w / 2 - 0.5)], [0, 1, -(h / 2 - 0.5)], [0, 0, 1]])
+    def matrices(n: int, h: int, w: int, gen: torch.Generator, dev: torch.device) -> torch.Tensor:
+        # albumentations' create_affine_transformation_matrix, parameters drawn as it draws them
         tr = t.translate_percent or {"x": (0.0, 0.0), "y": (0.0, 0.0)}
         tx = torch.trunc(_uniform(n, tr["x"], gen, dev) * w)  # int() in albumentations
         ty = torch.trunc(_uniform(n, tr["y"], gen, dev) * h)
         sx = _uniform(n, t.scale["x"], gen, dev)
         sy = sx if t.keep_ratio else _uniform(n, t.scale["y"], gen, dev)
-        angle = torch.deg2rad(_uniform(n, t.rotate, gen, dev) % 360)
-        shx = torch.deg2rad(-_uniform(n, t.shear["x"], gen, dev))
-        shy = torch.deg2rad(-_uniform(n, t.shear["y"], gen, dev))
+        a = torch.deg2rad(_uniform(n, t.rotate, gen, dev) % 360)
+        shx = torch.deg2rad(-_uniform(n, t.shear["x"], gen, dev)).tan()
+        shy = torch.deg2rad(-_uniform(n, t.shear["y"], gen, dev)).tan()
         one, zero = torch.ones_like(sx), torch.zeros_like(sx)
-        rows = lambda *r: torch.stack([torch.stack(v, -1) for v in r], -2)  # noqa: E731
-        scale = rows((sx, zero, zero), (zero, sy, zero), (zero, zero, one))
-        rot = rows(
-            (angle.cos(), angle.sin(), zero), (-angle.sin(), angle.cos(), zero), (zero, zero, one)
-        )
-        shear = rows((one, shx.tan(), zero), (shy.tan(), one, zero), (zero, zero, one))
-        move = rows((one, zero, tx), (zero, one, ty), (zero, zero, one))
-        shift = shift.to(dev, torch.float64)
-        forward = shift.inverse() @ move @ shear @ rot @ scale @ shift
-        chosen = _chosen(n, t.p, gen, dev)
-        eye = torch.eye(3, dtype=torch.float64, device=dev).expand(n, 3, 3)
-        back = torch.where(chosen[:, None, None], forward, eye).inverse()
-        return _warp(x, back, t.border_mode, float(t.fill) if not _is_tuple(t.fill) else 0.0)
+        scale = _stack([[sx, zero, zero], [zero, sy, zero], [zero, zero, one]])
+        rotate = _stack([[a.cos(), a.sin(), zero], [-a.sin(), a.cos(), zero], [zero, zero, one]])
+        shear = _stack([[one, shx, zero], [shy, one, zero], [zero, zero, one]])
+        move = _stack([[one, zero, tx], [zero, one, ty], [zero, zero, one]])
+        cx, cy = w / 2 - 0.5, h / 2 - 0.5
+        to_corner = _fixed([[1, 0, -cx], [0, 1, -cy], [0, 0, 1]], n, dev)
+        back = _fixed([[1, 0, cx], [0, 1, cy], [0, 0, 1]], n, dev)
+        forward = back @ move @ shear @ rotate @ scale @ to_corner
+        return _only(_chosen(n, t.p, gen, dev), forward)
 
-    return apply
+    return Warp(matrices, t.border_mode, float(t.fill))
 
 
-def _is_tuple(value: Any) -> bool:
-    return isinstance(value, tuple | list)
-
-
-def _warp(x: torch.Tensor, back: torch.Tensor, border: int, fill: float) -> torch.Tensor:
-    """Resample ``x`` (N x H x W) at ``back @ (x', y', 1)`` for every output pixel (x', y'), with
-    pixel centres at integer coordinates as cv2.warpAffine has them."""
+def warp(x: torch.Tensor, forward: torch.Tensor, border: int | None, fill: float) -> torch.Tensor:
+    """Resample crops ``x`` (N x H x W) so that source pixel p lands at ``forward @ p``: each output
+    pixel is read (bilinearly) at ``inverse(forward) @ p'``, as cv2.warpAffine does."""
     n, h, w = x.shape
-    ys, xs = torch.meshgrid(
-        torch.arange(h, device=x.device, dtype=torch.float64),
-        torch.arange(w, device=x.device, dtype=torch.float64),
-        indexing="ij",
+    # pixel -> grid_sample's [-1, 1] coordinates (align_corners=False) and back
+    to_unit = torch.tensor(
+        [[2 / w, 0, 1 / w - 1], [0, 2 / h, 1 / h - 1], [0, 0, 1]],
+        dtype=torch.float64,
+        device=x.device,
     )
-    points = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(-1, 3)  # (HW, 3)
-    source = (back[:, None, :2, :] @ points[None, :, :, None])[..., 0]  # (N, HW, 2)
-    grid = torch.stack(
-        [(2 * source[..., 0] + 1) / w - 1, (2 * source[..., 1] + 1) / h - 1], -1
-    ).reshape(n, h, w, 2)
-    padding = _PADDING.get(border, "zeros")
+    theta = to_unit @ torch.linalg.inv(forward) @ torch.linalg.inv(to_unit)
+    grid = F.affine_grid(theta[:, :2].to(x.dtype), [n, 1, h, w], align_corners=False)
+    padding = _PADDING[border] if border is not None else "border"
+    shifted = x - fill if fill else x  # zeros padding around the fill value
     out = F.grid_sample(
-        (x - fill)[:, None],
-        grid.to(x.dtype),
-        mode="bilinear",
-        padding_mode=padding,
-        align_corners=False,
-    )
-    return out[:, 0] + fill
+        shifted[:, None], grid, mode="bilinear", padding_mode=padding, align_corners=False
+    )[:, 0]
+    return out + fill if fill else out
 
 
-#: albumentations transform name -> builder of its batched twin (None: options it cannot follow).
-BATCHED: dict[str, Callable[[Any], BatchedFn | None]] = {
-    "HorizontalFlip": _flip(-1),
-    "VerticalFlip": _flip(-2),
+#: albumentations transform name -> builder of its batched twin (None: an option it cannot follow).
+BATCHED: dict[str, Callable[[A.BasicTransform], Warp | None]] = {
+    "HorizontalFlip": _hflip,
+    "VerticalFlip": _vflip,
     "RandomRotate90": _rotate90,
     "Affine": _affine,
 }
 
 
 class BatchedPolicy:
-    """An albumentations policy applied to a whole batch of float crops (N x H x W) at once."""
+    """An albumentations policy applied to a whole batch of float crops (N x H x W) at once: the
+    warps of consecutive geometric transforms multiplied, one resampling per run of them."""
 
-    def __init__(self, steps: list[BatchedFn], names: list[str]) -> None:
-        self.steps, self.names = steps, names
+    def __init__(self, warps: list[Warp], names: list[str]) -> None:
+        self.warps, self.names = warps, names
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        for step in self.steps:
-            x = step(x, gen)
-        return x
+        n, h, w = x.shape
+        forward, border, fill = None, None, 0.0
+        for step in self.warps:
+            if (
+                border is not None
+                and step.border is not None
+                and (step.border, step.fill)
+                != (
+                    border,
+                    fill,
+                )
+            ):  # two transforms that fill their borders differently: resample in between
+                x, forward, border = warp(x, forward, border, fill), None, None
+            moves = step.matrices(n, h, w, gen, x.device)
+            forward = moves if forward is None else moves @ forward
+            if step.border is not None:
+                border, fill = step.border, step.fill
+        return warp(x, forward, border, fill) if forward is not None else x
 
 
 def batched_policy(policy: A.Compose | None) -> BatchedPolicy | None:
@@ -158,13 +202,13 @@ def batched_policy(policy: A.Compose | None) -> BatchedPolicy | None:
     option the twin cannot follow): that policy runs per sample in albumentations."""
     if policy is None:
         return None
-    steps, names = [], []
+    warps, names = [], []
     for transform in policy.transforms:
         name = type(transform).__name__
         builder = BATCHED.get(name)
         step = builder(transform) if builder is not None else None
         if step is None:
             return None
-        steps.append(step)
+        warps.append(step)
         names.append(name)
-    return BatchedPolicy(steps, names)
+    return BatchedPolicy(warps, names)

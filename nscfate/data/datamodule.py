@@ -63,7 +63,7 @@ class BatchTransform:
         self.white_level, self.normalizer, self.augment = white_level, normalizer, augment
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        x = images if images.is_floating_point() else images.float() / self.white_level
+        x = images if images.is_floating_point() else images.float().div_(self.white_level)
         if self.augment is not None and generator is not None:
             x = self.augment(x, generator)
         return self.normalizer.torch(x)[:, None].contiguous()
