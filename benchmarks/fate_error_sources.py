@@ -1,15 +1,19 @@
 """Where does a trained model's fate-fraction error come from: the inducers' microscope or the model?
 
     python benchmarks/fate_error_sources.py --checkpoint outputs/train/.../checkpoints/best-*.ckpt
-                                            [--out benchmarks/results/fate_error_sources.json]
+        [--variants ";inducer_shift=0;inducer_shift=0,confound=0"]
+        [--out benchmarks/results/fate_error_sources.json]
 
 The checkpoint is a run on the built-in synthetic data (e.g. ``nscfate-train
-experiment=cpu_baseline``). Its model and its saved calibration are evaluated twice: on the data it
-was trained with, and on the same cells regenerated with ``data.synthetic.inducer_shift=0`` (the
-inducer conditions imaged like control: same morphology, no extra defocus, NA loss or camera noise).
-If the error stays, the microscope shift is not what limits it. Each line: accuracy on the test
-split and on the inducer conditions, the fraction error (estimated and counted), and the latent
-oracle's fraction error on the same split (its posteriors through the same correction: the floor).
+experiment=cpu_baseline``). Its model and its saved calibration are evaluated on the data it was
+trained with and on the same cells regenerated with other generator settings (``--variants``): by
+default ``inducer_shift=0`` (the inducer conditions imaged like control: same morphology, no extra
+defocus, NA loss or camera noise) and, in addition, ``confound=0`` (control cultures no longer
+imaged at a brightness that follows their fate: the inducer conditions stay as they were, the test
+split loses the shortcut). If the error stays without the shift, the microscope shift is not what
+limits it; if test accuracy falls without the confound, the model reads it. Each line: accuracy on
+the test split and on the inducer conditions, the fraction error (estimated and counted), and the
+latent oracle's fraction error on the same split (its posteriors through the same correction).
 
 On the data as generated, two more questions about the correction's reference (the validation
 cells it learns the model's errors from, one culture per fate and day):
@@ -39,14 +43,16 @@ from nscfate.evaluation.checkpoint import evaluate_checkpoint, load_checkpoint
 from nscfate.evaluation.evaluate import LOGIT_COLUMNS, oracle_scores
 
 
-def figures(checkpoint: Path, shift: float, data_dir: Path) -> dict:
-    """Evaluate ``checkpoint`` on its synthetic data generated with ``inducer_shift=shift``."""
+def figures(checkpoint: Path, changes: dict[str, float], data_dir: Path) -> dict:
+    """Evaluate ``checkpoint`` on its synthetic data regenerated with the generator ``changes``
+    (e.g. ``{"inducer_shift": 0}``; empty: as trained)."""
     cfg = OmegaConf.create(load_checkpoint(checkpoint)["nscfate_config"])
     data = cfg.data
     if not data.get("synthetic"):
         sys.exit(f"{checkpoint}: not a run on the built-in synthetic data")
-    data.synthetic.inducer_shift = shift
-    data.path = str(data_dir / f"shift{shift:g}")
+    for key, value in changes.items():
+        data.synthetic[key] = value
+    data.path = str(data_dir / ("_".join(f"{k}{v:g}" for k, v in changes.items()) or "as_trained"))
     evaluation, _ = evaluate_checkpoint(checkpoint, data=data)
     m, cells = evaluation.metrics, evaluation.cells
     indep = cells[cells["split"].str.startswith(INDEP)]
@@ -55,9 +61,10 @@ def figures(checkpoint: Path, shift: float, data_dir: Path) -> dict:
     )
     datamodule.setup("test")
     oracle = oracle_scores(datamodule, evaluation.estimator.settings)  # the same correction
-    reference = reference_questions(evaluation, datamodule) if shift == 1.0 else {}
+    reference = reference_questions(evaluation, datamodule) if not changes else {}
     return reference | {
-        "inducer_shift": shift,
+        "data": changes,
+        "inducer_shift": changes.get("inducer_shift", 1.0),
         "test_acc": round(m["test/acc"], 4),
         "indep_acc": round(float((indep["predicted"] == indep["label"]).mean()), 4),
         "frac_mae": round(m["indep/frac_mae"], 4),
@@ -124,11 +131,17 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=Path("benchmarks/results/fate_error_sources.json")
     )
+    parser.add_argument(
+        "--variants",
+        default=";inducer_shift=0;inducer_shift=0,confound=0",
+        help="';'-separated generator changes, each 'key=value[,key=value]' (empty: as trained)",
+    )
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for shift in (1.0, 0.0):
-            r = figures(args.checkpoint, shift, Path(tmp))
+        for variant in args.variants.split(";"):
+            changes = {k: float(v) for k, v in (kv.split("=") for kv in variant.split(",") if kv)}
+            r = figures(args.checkpoint, changes, Path(tmp))
             results.append(r)
             if "culture_bootstrap_coverage" in r:
                 print(
@@ -140,7 +153,7 @@ def main() -> None:
                     flush=True,
                 )
             print(
-                f"inducer_shift={shift:g}: accuracy test {r['test_acc']:.3f}, inducers "
+                f"{variant or 'as trained'}: accuracy test {r['test_acc']:.3f}, inducers "
                 f"{r['indep_acc']:.3f} | fraction error {r['frac_mae']:.3f} (worst "
                 f"{r['frac_max_err']:.3f}, counted {r['frac_mae_raw']:.3f}) | oracle "
                 f"{r['oracle_frac_mae']:.3f} (worst {r['oracle_frac_max_err']:.3f})",
