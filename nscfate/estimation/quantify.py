@@ -73,21 +73,34 @@ def em_rounds(
     priors: np.ndarray, posteriors: np.ndarray, epsilon: float = EMQ.EPSILON
 ) -> np.ndarray:
     """QuaPy's ``EMQ.EM`` run on B problems at once (priors B x K, posteriors B x N x K): the same
-    E and M steps and the same stopping rule for each problem, which stops as it converges."""
+    E and M steps and the same stopping rule for each problem, which stops as it converges.
+
+    Each step is two batched matrix products (no B x N x K temporaries), and only the problems
+    still running are computed: one that converged drops out of the arrays.
+    """
     prior = np.array(priors, dtype=np.float64)
     zero = prior.prod(axis=1) == 0  # QuaPy smooths a zero prior the same way
     prior[zero] = (prior[zero] + epsilon) / (prior[zero] + epsilon).sum(axis=1, keepdims=True)
     qs = prior.copy()
-    done = np.zeros(len(prior), dtype=bool)
+    running = np.arange(len(prior))  # the problems not converged yet, in the arrays below
+    post = np.asarray(posteriors, dtype=np.float64)
+    start, current = prior.copy(), qs.copy()
+    n = post.shape[1]
     for step in range(EMQ.MAX_ITER):
-        ps = (qs / prior)[:, None, :] * posteriors
-        ps /= ps.sum(axis=2, keepdims=True)
-        new = np.where(done[:, None], qs, ps.mean(axis=1))
-        if step > 10:
-            done |= np.abs(new - qs).mean(axis=1) < epsilon
-        qs = new
-        if done.all():
-            break
+        ratio = current / start  # (R, K): E-step weights q / prior
+        # M-step: mean over cells of ratio * p / (p . ratio), as QuaPy normalises each cell
+        norm = np.matmul(post, ratio[:, :, None])[:, :, 0]  # (R, N)
+        new = ratio * np.matmul(1.0 / norm[:, None, :], post)[:, 0, :] / n
+        done = np.abs(new - current).mean(axis=1) < epsilon if step > 10 else None
+        current = new
+        if done is None or not done.any():
+            continue
+        qs[running[done]] = current[done]
+        keep = ~done
+        if not keep.any():
+            return qs
+        running, post, start, current = running[keep], post[keep], start[keep], current[keep]
+    qs[running] = current
     return qs
 
 
