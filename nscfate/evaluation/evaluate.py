@@ -399,13 +399,21 @@ def oracle_scores(datamodule: Any, settings: EstimationSettings | None = None) -
     index = datamodule.store.index
     if not any(c.startswith(LATENT_PREFIX) for c in index.columns):
         return {}
-    from nscfate.data.oracle import oracle_test_scores
+    settings = settings or EstimationSettings()
+    # The same data, split and settings give the same oracle: the trials of a sweep share it.
+    key = (str(datamodule.store.path), datamodule.store.digest, datamodule.split_digest, settings)
+    if key not in _ORACLES:
+        from nscfate.data.oracle import oracle_test_scores
 
-    scores = oracle_test_scores(index, datamodule.split)
-    model = scores.pop("model")
-    return scores | oracle_fraction_errors(
-        model, index, datamodule.split, settings or EstimationSettings()
-    )
+        scores = oracle_test_scores(index, datamodule.split)
+        model = scores.pop("model")
+        _ORACLES.clear()  # one at a time
+        _ORACLES[key] = scores | oracle_fraction_errors(model, index, datamodule.split, settings)
+    return copy.deepcopy(_ORACLES[key])
+
+
+#: The last oracle computed in this process (see :func:`oracle_scores`).
+_ORACLES: dict[tuple, dict[str, Any]] = {}
 
 
 def oracle_fraction_errors(

@@ -205,6 +205,7 @@ class OptunaSweeper:
                 ret = self.launcher.launch([overrides], initial_job_idx=trial.number)[0]
         finally:
             self._trial = None
+            trials.release_memory()  # nothing of this trial may outlive it (issue 13)
         if ret.status == JobStatus.COMPLETED and isinstance(ret.return_value, trials.TrialOutcome):
             return ret.return_value
         error = (

@@ -6,6 +6,9 @@ The sweeper runs trials through Hydra's launcher, in this process, with its own 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import math
 from dataclasses import dataclass, field
 
@@ -81,6 +84,7 @@ def run_trial(cfg: DictConfig, ctx: TrialContext) -> TrialOutcome:
             callbacks=callbacks,
             on_run_started=started,
             interruptions=(optuna.TrialPruned,),
+            promotable=lambda metrics: could_be_best(ctx.study, trial, metrics.get(ctx.metric)),
         )
     except optuna.TrialPruned:
         if run_ids:
@@ -98,6 +102,50 @@ def run_trial(cfg: DictConfig, ctx: TrialContext) -> TrialOutcome:
         return TrialOutcome(TrialState.FAIL, error=error)
     warnings = {w.code: w.message for w in result.warnings}
     return TrialOutcome(TrialState.COMPLETE, value=float(value), warnings=warnings)
+
+
+def could_be_best(study: optuna.Study, trial: optuna.Trial, value: float | None) -> bool:
+    """Whether a trial finishing with ``value`` may be (or become) the study's best trial, the one
+    ``search.register_best`` and ``nscfate-promote search.study=...`` promote: only if no complete
+    trial so far is better (the best only improves; a tie counts, since which of two equal trials
+    a storage calls best is not defined)."""
+    if value is None or not math.isfinite(value):
+        return False
+    done = [
+        t.value
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.number != trial.number and t.value is not None and math.isfinite(t.value)
+    ]
+    if not done:
+        return True
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return value >= max(done) if maximize else value <= min(done)
+
+
+def release_memory() -> None:
+    """Give back what a finished trial held before the next one starts.
+
+    A trial's trainer, module, datamodule and loaders point at each other, so they are freed by
+    Python's cycle collector, not when the trial returns; with the millions of long-lived objects
+    a worker has imported, a full collection may not come for many trials, and meanwhile their
+    tensors (and persistent loader workers) stay alive. So collect now, then ask glibc to return
+    freed heap pages to the system (``malloc_trim``; nothing elsewhere).
+    """
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+_LIBC = _glibc()
 
 
 def optuna_param(name: str, value: object):

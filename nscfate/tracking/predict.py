@@ -17,7 +17,7 @@ from nscfate.errors import NscfateError
 from nscfate.estimation import FateEstimator
 from nscfate.evaluation.evaluate import LOGIT_COLUMNS, PROB_COLUMNS, fate_fractions
 from nscfate.files import atomic_write
-from nscfate.tracking.pyfunc import FateModel
+from nscfate.tracking.pyfunc import FateModel, run_model_uri
 
 #: Share of a plate's cells flagged OOD above which predict warns that its answers are unreliable.
 OOD_ALARM = 0.5
@@ -35,14 +35,14 @@ def resolve_model_uri(model: str, client: MlflowClient) -> str:
         return str(Path(model).resolve())
     if re.fullmatch(r"[0-9a-f]{32}", model):
         try:
-            tags = client.get_run(model).data.tags
+            uri = run_model_uri(client, model)  # a sweep trial's deferred model is built now
         except MlflowException as err:
             raise NscfateError(f"model={model}: no such run in {client.tracking_uri}") from err
-        if "nscfate.model_uri" not in tags:
+        if uri is None:
             raise NscfateError(
                 f"model={model}: the run has no logged model (tag nscfate.model_uri)"
             )
-        return tags["nscfate.model_uri"]
+        return uri
     raise NscfateError(
         f"model={model}: expected models:/<name>@<alias>, models:/<name>/<version>, a run id or an MLflow model folder"
     )

@@ -17,14 +17,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
-from mlflow.models import ModelSignature
+from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 from nscfate.data.normalize import Normalizer
 from nscfate.data.preprocess import prepare_batch
 from nscfate.data.schema import CLASSES
 from nscfate.estimation import FateEstimator
-from nscfate.evaluation.evaluate import LOGIT_COLUMNS, logits_and_features
+from nscfate.evaluation.evaluate import LOGIT_COLUMNS, inference_copy, logits_and_features
 
 # The input is a tensor spec (signature below), not type hints; MLflow warns about the latter.
 warnings.filterwarnings("ignore", message=".*type hint.*", category=UserWarning, module="mlflow")
@@ -32,6 +32,11 @@ warnings.filterwarnings("ignore", message=".*Add type hints.*", category=UserWar
 
 #: Rows per forward pass when predicting many crops.
 PREDICT_BATCH = 256
+#: The tag that holds a run's logged pyfunc model (``models:/m-...``).
+MODEL_URI_TAG = "nscfate.model_uri"
+#: Set instead on a sweep trial that could not be promoted when it finished: its model is built
+#: from its logged checkpoint when it is asked for (:func:`run_model_uri`).
+DEFERRED_MODEL_TAG, DEFERRED = "nscfate.model", "on promotion"
 
 
 class FateModel(mlflow.pyfunc.PythonModel):
@@ -45,7 +50,7 @@ class FateModel(mlflow.pyfunc.PythonModel):
         self.net.load_state_dict(
             torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True)
         )
-        self.net.eval()
+        self.net = inference_copy(self.net)  # batch norms folded, channels-last: as evaluation runs
         self.normalizer = Normalizer.from_state(self.spec["normalizer"])
         #: None for models logged before calibration: plain softmax, no OOD score.
         self.estimator = (
@@ -63,7 +68,9 @@ class FateModel(mlflow.pyfunc.PythonModel):
             model_input, tuple(self.spec["size"]), self.normalizer, self.spec["white_level"]
         )
         parts = [
-            logits_and_features(self.net, torch.from_numpy(chunk))
+            logits_and_features(
+                self.net, torch.from_numpy(chunk).contiguous(memory_format=torch.channels_last)
+            )
             for chunk in np.array_split(x, max(1, len(x) // PREDICT_BATCH))
         ]
         logits = np.concatenate([z for z, _ in parts])
@@ -97,26 +104,30 @@ def signature() -> ModelSignature:
 def log_fate_model(
     net: torch.nn.Module,
     model_cfg: dict,
-    size: tuple[int, int],
-    normalizer: Normalizer,
-    white_level: int,
-    example: np.ndarray,
-    workdir: Path,
+    datamodule,
     estimator: FateEstimator,
+    workdir: Path,
+    run_id: str | None = None,
 ) -> mlflow.models.model.ModelInfo:
-    """Log the pyfunc model into the active run (name ``model``) and return its ModelInfo."""
+    """Log the pyfunc model (name ``model``) into the active run, or into the finished run
+    ``run_id`` (a model built later from the run's checkpoint), and return its ModelInfo.
+
+    ``datamodule`` (set up) gives the input size, the normalisation, the white level and the two
+    crops of the input example.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     weights, spec = workdir / "weights.pt", workdir / "spec.json"
     estimation = workdir / "estimation.pt"
     torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, weights)
     torch.save(estimator.state(), estimation)
+    store = datamodule.store
     spec.write_text(
         json.dumps(
             {
                 "model": model_cfg,
-                "size": list(size),
-                "normalizer": normalizer.state(),
-                "white_level": int(white_level),
+                "size": list(datamodule.input_size),
+                "normalizer": datamodule.normalizer.state(),
+                "white_level": int(store.white_level),
                 "classes": list(CLASSES),
             },
             indent=2,
@@ -124,12 +135,15 @@ def log_fate_model(
     )
     import timm
 
-    return mlflow.pyfunc.log_model(
+    return Model.log(
+        None,  # artifact_path: MLflow 3 names the model instead
         name="model",
+        flavor=mlflow.pyfunc,
+        run_id=run_id,
         python_model=FateModel(),
         artifacts={"weights": str(weights), "spec": str(spec), "estimation": str(estimation)},
         signature=signature(),
-        input_example=example.astype(np.float32),
+        input_example=np.asarray(store.images[:2]).astype(np.float32),
         pip_requirements=[
             f"torch=={torch.__version__.split('+')[0]}",
             f"timm=={timm.__version__}",
@@ -142,3 +156,44 @@ def log_fate_model(
             "nscfate",
         ],
     )
+
+
+def run_model_uri(client: mlflow.MlflowClient, run_id: str) -> str | None:
+    """The pyfunc model of a finished run: the logged one, or for a sweep trial that deferred it
+    (tag ``nscfate.model=on promotion``) one built now from the run's checkpoint, logged into the
+    run and tagged as if it had been logged in training. None when the run has neither."""
+    tags = client.get_run(run_id).data.tags
+    if MODEL_URI_TAG in tags:
+        return tags[MODEL_URI_TAG]
+    if tags.get(DEFERRED_MODEL_TAG) != DEFERRED:
+        return None
+    import tempfile
+
+    from omegaconf import OmegaConf
+
+    from nscfate.data.datamodule import CellDataModule
+    from nscfate.evaluation.checkpoint import (
+        checkpoint_estimator,
+        load_checkpoint,
+        network_weights,
+        own_values,
+    )
+    from nscfate.models import create_model
+    from nscfate.tracking.fetch import run_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = run_checkpoint(client, run_id, Path(tmp))
+        ckpt = load_checkpoint(path)
+        run_cfg = OmegaConf.create(ckpt["nscfate_config"])
+        model_cfg = own_values(run_cfg.model, "model", path)
+        net = create_model(**(model_cfg | {"pretrained": False}))
+        net.load_state_dict(network_weights(ckpt["state_dict"]))
+        datamodule = CellDataModule(**own_values(run_cfg.data, "data", path))
+        datamodule.setup("test")
+        estimator = checkpoint_estimator(ckpt, net, datamodule)
+        info = log_fate_model(
+            net, model_cfg, datamodule, estimator, Path(tmp) / "model", run_id=run_id
+        )
+    client.set_tag(run_id, MODEL_URI_TAG, info.model_uri)
+    client.delete_tag(run_id, DEFERRED_MODEL_TAG)
+    return info.model_uri

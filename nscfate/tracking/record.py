@@ -23,12 +23,15 @@ from nscfate.evaluation import plots
 from nscfate.evaluation.health import RunWarning
 from nscfate.paths import REPO_ROOT
 from nscfate.redact import redact_values
-from nscfate.tracking.pyfunc import log_fate_model
+from nscfate.tracking.pyfunc import DEFERRED, DEFERRED_MODEL_TAG, MODEL_URI_TAG, log_fate_model
 from nscfate.training.module import FIT_METRICS
 
 log = logging.getLogger(__name__)
 #: Longest parameter value logged as is (MLflow allows 6000; the UI is happier with less).
 MAX_PARAM_CHARS = 500
+
+#: The data preview of each store, drawn once per process (every trial of a sweep logs the same).
+_PREVIEWS: dict[str, bytes] = {}
 
 
 def log_warnings(warnings: Sequence[RunWarning]) -> None:
@@ -91,8 +94,14 @@ def log_results(
     metrics: dict[str, float],
     objects: dict[str, Any],
     oracle_by_day: dict[float, float],
+    log_model: bool = True,
 ) -> None:
-    """Final metrics, dataset inputs, plots, predictions, checkpoint and the pyfunc model."""
+    """Final metrics, dataset inputs, plots, predictions, checkpoint and the pyfunc model.
+
+    ``log_model=False`` (a sweep trial that cannot be promoted) leaves the pyfunc model out and
+    tags the run ``nscfate.model=on promotion``: ``nscfate-promote`` builds it from the logged
+    checkpoint if the run is ever promoted (``nscfate.tracking.registry``).
+    """
     datamodule, evaluation = objects["datamodule"], objects["evaluation"]
     # fit metrics already went in per epoch through the Lightning logger
     mlflow.log_metrics(
@@ -113,13 +122,27 @@ def log_results(
             if len(table):
                 table.to_csv(tmp / f"{name}.csv", index=False)
                 mlflow.log_artifact(str(tmp / f"{name}.csv"), "predictions")
-        sheet = contact_sheet(datamodule.store, tmp / "data_preview.png")
-        mlflow.log_artifact(str(sheet), "plots")
+        mlflow.log_artifact(str(data_preview(datamodule.store, tmp)), "plots")
         if objects.get("best_checkpoint"):
             mlflow.log_artifact(objects["best_checkpoint"], "checkpoints")
-        if cfg.tracking.get("log_model", True):
+        if not cfg.tracking.get("log_model", True):
+            return
+        if log_model or not objects.get("best_checkpoint"):
             info = _log_model(cfg, objects, tmp / "model")
-            mlflow.set_tag("nscfate.model_uri", info.model_uri)
+            mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
+        else:
+            mlflow.set_tag(DEFERRED_MODEL_TAG, DEFERRED)
+
+
+def data_preview(store: Any, directory: Path) -> Path:
+    """``data_preview.png`` (the store's contact sheet) in ``directory``."""
+    out, key = directory / "data_preview.png", f"{store.path}:{store.digest}"
+    if key not in _PREVIEWS:
+        _PREVIEWS.clear()  # one store at a time: a worker does not hoard pictures
+        _PREVIEWS[key] = contact_sheet(store, out).read_bytes()
+    else:
+        out.write_bytes(_PREVIEWS[key])
+    return out
 
 
 def log_dataset_inputs(datamodule: Any) -> None:
@@ -200,20 +223,13 @@ def _figures(evaluation: Any, oracle: dict[float, float] | None) -> list[tuple[A
 
 
 def _log_model(cfg: DictConfig, objects: dict[str, Any], workdir: Path) -> Any:
-    datamodule, module = objects["datamodule"], objects["module"]
-    store = datamodule.store
     model_cfg = {
         k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "_target_"
     }
-    example = np.asarray(store.images[:2])
-    size = datamodule.input_size
     return log_fate_model(
-        module.net,
+        objects["module"].net,
         model_cfg,
-        size,
-        datamodule.normalizer,
-        store.white_level,
-        example,
-        workdir,
+        objects["datamodule"],
         objects["evaluation"].estimator,
+        workdir,
     )

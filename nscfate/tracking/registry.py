@@ -28,6 +28,7 @@ from nscfate.data.store import open_store
 from nscfate.errors import NscfateError
 from nscfate.evaluation.evaluate import PROB_COLUMNS, TEST_METRICS, classification_metrics
 from nscfate.tracking.predict import load_model
+from nscfate.tracking.pyfunc import DEFERRED, DEFERRED_MODEL_TAG, MODEL_URI_TAG, run_model_uri
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -72,17 +73,16 @@ def metric_direction(metric: str, override: str | None = None) -> str:
 
 
 def candidate_from_run(client: MlflowClient, run_id: str, origin: str | None = None) -> Candidate:
-    """The candidate model of a training run (it must carry a logged pyfunc model)."""
+    """The candidate model of a training run: its logged pyfunc model, or for a sweep trial that
+    deferred it, one built now from its checkpoint (``nscfate.tracking.pyfunc.run_model_uri``)."""
     try:
         run = client.get_run(run_id)
     except MlflowException as err:
         raise NscfateError(f"run_id={run_id} not found in {client.tracking_uri}") from err
     tags = run.data.tags
-    missing = [
-        t
-        for t in ("nscfate.model_uri", "nscfate.split_digest", "nscfate.dataset_path")
-        if t not in tags
-    ]
+    has_model = MODEL_URI_TAG in tags or tags.get(DEFERRED_MODEL_TAG) == DEFERRED
+    missing = [t for t in ("nscfate.split_digest", "nscfate.dataset_path") if t not in tags]
+    missing = ([] if has_model else [MODEL_URI_TAG]) + missing
     if missing or run.info.status != "FINISHED":
         raise NscfateError(
             f"run {run_id} ({run.info.status}) is not a finished nscfate training run with a logged model"
@@ -90,7 +90,7 @@ def candidate_from_run(client: MlflowClient, run_id: str, origin: str | None = N
         )
     return Candidate(
         run_id,
-        tags["nscfate.model_uri"],
+        run_model_uri(client, run_id),
         tags["nscfate.split_digest"],
         tags["nscfate.dataset_path"],
         origin or f"run {run_id}",
@@ -114,7 +114,12 @@ def best_run_of_experiment(
         ],
         max_results=500,
     )
-    runs = [r for r in runs if "nscfate.model_uri" in r.data.tags and metric in r.data.metrics]
+    runs = [
+        r
+        for r in runs
+        if metric in r.data.metrics
+        and (MODEL_URI_TAG in r.data.tags or r.data.tags.get(DEFERRED_MODEL_TAG) == DEFERRED)
+    ]
     if not runs:
         raise NscfateError(
             f"experiment {experiment!r} has no finished run with a model and metric {metric}"

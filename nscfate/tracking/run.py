@@ -48,12 +48,15 @@ def tracked_train(
     callbacks: Sequence[Callback] = (),
     on_run_started: Callable[[str], None] | None = None,
     interruptions: tuple[type[BaseException], ...] = (),
+    promotable: Callable[[dict[str, float]], bool] | None = None,
 ) -> TrackedRun:
     """Run ``train(cfg)`` inside a new MLflow run.
 
     ``tags`` may nest it (``mlflow.parentRunId``); ``on_run_started`` learns the run id as soon as
     it exists; an exception of a type in ``interruptions`` (a pruned trial) ends the run KILLED and
-    tagged ``nscfate.interrupted`` instead of FAILED, then propagates.
+    tagged ``nscfate.interrupted`` instead of FAILED, then propagates. ``promotable`` (a sweep
+    trial) says from the run's metrics whether it could ever be promoted: when not, its pyfunc
+    model is left to be built from its checkpoint if it is asked for (``tracking.pyfunc``).
     """
     cfg, datamodule = prepare(cfg)
     if not cfg.tracking.get("enabled", True):  # tracking=none: the same run, nothing logged
@@ -93,7 +96,8 @@ def tracked_train(
             mlflow.end_run("KILLED")
             raise
         oracle_by_day = _add_oracle(metrics, objects)
-        log_results(cfg, metrics, objects, oracle_by_day)
+        log_model = promotable is None or promotable(metrics)
+        log_results(cfg, metrics, objects, oracle_by_day, log_model)
         log_warnings(objects["warnings"])
     if cfg.objective not in metrics:
         raise NscfateError(
