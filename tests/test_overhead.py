@@ -135,9 +135,10 @@ def test_a_sweep_worker_keeps_nothing_of_its_finished_trials(tmp_path, data_dir)
 
 
 def test_a_trial_that_cannot_be_promoted_logs_no_model_yet_promotion_builds_it(tmp_path, data_dir):
-    """A sweep trial that is not the best so far (``promotable`` says no) logs everything but the
-    pyfunc model; naming it for promotion builds the model from its checkpoint, which predicts
-    what the run's own evaluation predicted, and registers it."""
+    """A sweep trial that is not the best so far (``promotable`` says no) logs neither the pyfunc
+    model nor the held-out conditions' evaluation (``independent`` says no), but its test metrics,
+    plots and checkpoint; naming it for promotion builds the model from its checkpoint, which
+    predicts what the run's own evaluation predicted, and registers it."""
     import pandas as pd
     from mlflow import MlflowClient
 
@@ -155,12 +156,20 @@ def test_a_trial_that_cannot_be_promoted_logs_no_model_yet_promotion_builds_it(t
     from .conftest import compose_train
 
     cfg = compose_train(tmp_path, data_dir)
-    result = tracked_train(cfg, promotable=lambda metrics: "val/f1_macro_best" not in metrics)
+    result = tracked_train(
+        cfg,
+        promotable=lambda metrics: "val/f1_macro_best" not in metrics,
+        independent=lambda fit: "val/f1_macro_best" not in fit,
+    )
     client = MlflowClient(cfg.tracking.uri)
-    tags = client.get_run(result.run_id).data.tags
-    assert MODEL_URI_TAG not in tags and tags[DEFERRED_MODEL_TAG] == DEFERRED
+    run = client.get_run(result.run_id)
+    assert MODEL_URI_TAG not in run.data.tags and run.data.tags[DEFERRED_MODEL_TAG] == DEFERRED
     assert [a.path for a in client.list_artifacts(result.run_id, "checkpoints")]
     assert "model" not in {a.path for a in client.list_artifacts(result.run_id)}
+    assert "test/f1_macro" in run.data.metrics and "test/ood_frac" in run.data.metrics
+    assert not [k for k in run.data.metrics if k.startswith("indep/")]
+    shown = {a.path for a in client.list_artifacts(result.run_id, "plots")}
+    assert "plots/confusion_matrix.png" in shown and "plots/fate_fractions.png" not in shown
 
     # the best run of the experiment is still a candidate; naming it builds and logs its model
     candidate = best_run_of_experiment(client, "test", "test/f1_macro")

@@ -198,7 +198,12 @@ class OptunaSweeper:
         overrides = space.overrides(trial.params)
         log.info("trial %d: %s", trial.number, " ".join(overrides))
         self._trial = trials.TrialContext(
-            trial, study, parent, search.metric, prune=search.pruner != "none"
+            trial,
+            study,
+            parent,
+            search.metric,
+            prune=search.pruner != "none",
+            evaluate_all=bool(search.get("evaluate_all", False)),
         )
         try:
             with get_heartbeat_thread(trial._trial_id, study._storage):

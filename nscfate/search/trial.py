@@ -35,6 +35,9 @@ class TrialContext:
     parent_run_id: str
     metric: str
     prune: bool
+    #: Evaluate the held-out conditions in every trial (``search.evaluate_all``), not only in
+    #: those that could be promoted.
+    evaluate_all: bool = False
 
 
 @dataclass
@@ -61,7 +64,11 @@ class EpochCounter(Callback):
 def run_trial(cfg: DictConfig, ctx: TrialContext) -> TrialOutcome:
     """Train and track one trial; never raises for a failing trial (the sweep goes on).
 
-    A failure's error travels in the outcome; the sweeper stores it on the trial.
+    A failure's error travels in the outcome; the sweeper stores it on the trial. A trial that
+    cannot be the study's best (:func:`could_be_best`; known after fitting when the study's
+    metric is a fit metric) skips what only a promoted model needs: the held-out conditions'
+    evaluation (unless ``search.evaluate_all``) and the pyfunc model (built from the checkpoint if
+    the run is promoted after all).
     """
     trial = ctx.trial
     callbacks: list[Callback] = [EpochCounter(trial)]
@@ -69,6 +76,9 @@ def run_trial(cfg: DictConfig, ctx: TrialContext) -> TrialOutcome:
         monitor = ctx.metric if ctx.metric in FIT_METRICS else "val/f1_macro"
         callbacks.append(PyTorchLightningPruningCallback(trial, monitor=monitor))
     run_ids: list[str] = []
+
+    def promotable(metrics: dict[str, float]) -> bool:
+        return could_be_best(ctx.study, trial, metrics.get(ctx.metric))
 
     def started(run_id: str) -> None:
         run_ids.append(run_id)
@@ -84,7 +94,8 @@ def run_trial(cfg: DictConfig, ctx: TrialContext) -> TrialOutcome:
             callbacks=callbacks,
             on_run_started=started,
             interruptions=(optuna.TrialPruned,),
-            promotable=lambda metrics: could_be_best(ctx.study, trial, metrics.get(ctx.metric)),
+            promotable=promotable,
+            independent=lambda fit: ctx.evaluate_all or ctx.metric not in fit or promotable(fit),
         )
     except optuna.TrialPruned:
         if run_ids:

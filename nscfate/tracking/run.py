@@ -49,6 +49,7 @@ def tracked_train(
     on_run_started: Callable[[str], None] | None = None,
     interruptions: tuple[type[BaseException], ...] = (),
     promotable: Callable[[dict[str, float]], bool] | None = None,
+    independent: Callable[[dict[str, float]], bool] | None = None,
 ) -> TrackedRun:
     """Run ``train(cfg)`` inside a new MLflow run.
 
@@ -56,7 +57,8 @@ def tracked_train(
     it exists; an exception of a type in ``interruptions`` (a pruned trial) ends the run KILLED and
     tagged ``nscfate.interrupted`` instead of FAILED, then propagates. ``promotable`` (a sweep
     trial) says from the run's metrics whether it could ever be promoted: when not, its pyfunc
-    model is left to be built from its checkpoint if it is asked for (``tracking.pyfunc``).
+    model is left to be built from its checkpoint if it is asked for (``tracking.pyfunc``);
+    ``independent`` says from the fit metrics whether to evaluate the held-out conditions.
     """
     cfg, datamodule = prepare(cfg)
     if not cfg.tracking.get("enabled", True):  # tracking=none: the same run, nothing logged
@@ -90,7 +92,7 @@ def tracked_train(
             artifact_location=None,
         )
         try:
-            metrics, objects = train(cfg, logger, callbacks, datamodule)
+            metrics, objects = train(cfg, logger, callbacks, datamodule, independent)
         except interruptions as stop:
             mlflow.set_tag("nscfate.interrupted", type(stop).__name__)
             mlflow.end_run("KILLED")

@@ -10,7 +10,7 @@ the layers above, so this layer knows neither MLflow nor Optuna.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
-from nscfate.data.splits import TRAIN, VAL
+from nscfate.data.splits import TEST, TRAIN, VAL
 from nscfate.errors import NscfateError, user_error_in
 from nscfate.estimation import ESTIMATION_KEY, EstimationSettings, FateEstimator
 from nscfate.evaluation.evaluate import (
@@ -97,12 +97,14 @@ def train(
     logger: Logger | None = None,
     callbacks: Sequence[Callback] = (),
     datamodule: Any = None,
+    independent: Callable[[dict[str, float]], bool] | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit ``cfg.model`` on ``cfg.data``; evaluate the best checkpoint. Returns (metrics, objects).
 
     ``datamodule``: already built by :func:`prepare`, which also fitted ``cfg`` to the data (the
     caller logs that config); otherwise ``train`` prepares both itself. On ranks other than 0 (DDP)
-    only the fit metrics are returned: evaluation happens on rank 0.
+    only the fit metrics are returned: evaluation happens on rank 0. ``independent`` (a sweep)
+    says from the fit metrics whether to evaluate the held-out conditions too (default: yes).
     """
     if datamodule is None:
         cfg, datamodule = prepare(cfg)
@@ -135,7 +137,8 @@ def train(
     # Inference in the trainer's precision (bf16-mixed on a GPU: autocast), as fitting ran.
     with trainer.precision_plugin.forward_context():
         estimator = fit_estimator_on(module, datamodule, EstimationSettings.from_config(cfg))
-        evaluation = evaluate(module, datamodule, estimator)
+        parts = None if independent is None or independent(metrics) else [TEST]
+        evaluation = evaluate(module, datamodule, estimator, parts)
     if best:
         save_estimator(best, estimator)
     metrics |= evaluation.metrics
