@@ -161,6 +161,9 @@ def test_a_trial_that_cannot_be_promoted_logs_no_model_yet_promotion_builds_it(t
         promotable=lambda metrics: "val/f1_macro_best" not in metrics,
         independent=lambda fit: "val/f1_macro_best" not in fit,
     )
+    import matplotlib.pyplot as plt
+
+    assert plt.get_fignums() == []  # every figure the run drew was closed
     client = MlflowClient(cfg.tracking.uri)
     run = client.get_run(result.run_id)
     assert MODEL_URI_TAG not in run.data.tags and run.data.tags[DEFERRED_MODEL_TAG] == DEFERRED
