@@ -43,8 +43,10 @@ from nscfate.data.store import IMAGES
 from nscfate.paths import CONF_DIR, REPO_ROOT
 
 CONF = CONF_DIR
-#: The demo's data (experiment=cpu_baseline).
-DEMO_SYNTHETIC = {"cells_per_group": 300}
+#: The demo's data: experiment=cpu_baseline's generator settings.
+DEMO_SYNTHETIC = OmegaConf.to_container(
+    OmegaConf.load(REPO_ROOT / "experiments" / "cpu_baseline.yaml").data.synthetic
+)
 
 
 def per_image_as_it_was(x: np.ndarray) -> np.ndarray:

@@ -56,7 +56,7 @@ def test_batched_em_stops_each_problem_as_quapy_does_even_when_one_runs_to_the_l
 #: collecting garbage itself: what waits for Python's next full collection holds memory too): the
 #: objects a trial builds, open matplotlib figures, child processes.
 _WORKER = """
-import gc, json, os, sys
+import gc, json, sys
 from pathlib import Path
 import lightning as L
 import matplotlib.pyplot as plt
@@ -67,15 +67,7 @@ from nscfate.training.module import FateClassifier
 
 log, launch = Path(sys.argv[1]), sweeper.OptunaSweeper._launch
 
-def children():
-    me = str(os.getpid())
-    found = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            found += stat.read_text().rsplit(")", 1)[1].split()[1] == me
-        except (OSError, IndexError):
-            pass
-    return found
+from benchmarks.sweep_overhead import child_processes as children
 
 def counted(self, trial, *args, **kwargs):
     outcome = launch(self, trial, *args, **kwargs)
@@ -104,7 +96,7 @@ def test_a_sweep_worker_keeps_nothing_of_its_finished_trials(tmp_path, data_dir)
     import subprocess
     import sys
 
-    from .conftest import TINY_DATA
+    from .conftest import REPO, TINY_DATA
 
     log = tmp_path / "alive.jsonl"
     args = [
@@ -122,6 +114,7 @@ def test_a_sweep_worker_keeps_nothing_of_its_finished_trials(tmp_path, data_dir)
     ]
     proc = subprocess.run(
         [sys.executable, "-c", _WORKER, str(log), *args],
+        cwd=REPO,  # the worker imports benchmarks.sweep_overhead
         capture_output=True,
         text=True,
         timeout=900,

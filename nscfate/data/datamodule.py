@@ -279,13 +279,21 @@ class CellDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------------------- loaders
     def loader(
-        self, part: str, shuffle: bool = False, augmented: bool = True, on_device: bool = False
+        self,
+        part: str,
+        shuffle: bool = False,
+        augmented: bool = True,
+        on_device: bool = False,
+        workers: int | None = None,
     ) -> DataLoader:
         """A DataLoader over one split (``train``, ``val``, ``test`` or ``indep:<condition>``).
 
         ``augmented=False`` gives the training crops as evaluation sees crops (no augmentation).
         ``on_device``: the batches come raw and :meth:`on_after_batch_transfer` finishes them.
+        ``workers``: loader workers instead of ``num_workers`` (0: read in this process, as a
+        one-pass evaluation does: a batch is one read, and starting workers costs seconds).
         """
+        workers = self.num_workers if workers is None else workers
         if part not in self.datasets:
             raise NscfateError(
                 f"no split {part!r} in {self.store_path} (splits: {', '.join(self.datasets)})"
@@ -309,10 +317,10 @@ class CellDataModule(L.LightningDataModule):
             collate_fn=as_batch,
             shuffle=shuffle,
             drop_last=shuffle and self._per_rank(part) >= 2 * self.batch_size,
-            num_workers=self.num_workers,
+            num_workers=workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-            worker_init_fn=_seed_worker if self.num_workers else None,
+            persistent_workers=self.persistent_workers and workers > 0,
+            worker_init_fn=_seed_worker if workers else None,
             generator=torch.Generator().manual_seed(self.seed),
         )
 

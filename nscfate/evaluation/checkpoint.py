@@ -8,6 +8,7 @@ nscfate's own builders (``OWN_BUILDERS``): a ``_target_`` naming anything else i
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +64,22 @@ def own_values(node: DictConfig, key: str, path: str | Path) -> dict[str, Any]:
     return {k: v for k, v in values.items() if not k.startswith("_")}
 
 
-def evaluate_checkpoint(
+@dataclass
+class Rebuilt:
+    """A checkpoint's network (weights loaded), its data set up for evaluation, and the checkpoint
+    with the run's config."""
+
+    net: torch.nn.Module
+    model_values: dict[str, Any]
+    datamodule: CellDataModule
+    ckpt: dict[str, Any]
+    run_cfg: DictConfig
+
+
+def rebuild(
     path: str | Path, model: DictConfig | None = None, data: DictConfig | None = None
-) -> tuple[Evaluation, DictConfig]:
-    """Rebuild the run's network and data (or the given ``data``), load the weights, evaluate.
+) -> Rebuilt:
+    """Rebuild the run's network and data (or the given ``data``) and load the weights.
 
     ``model`` is a check, not a replacement: asking for an architecture other than the one in the
     checkpoint is an error naming both.
@@ -96,7 +109,16 @@ def evaluate_checkpoint(
     datamodule = CellDataModule(**data_values)
     datamodule.prepare_data()
     datamodule.setup("test")
-    return evaluate(net, datamodule, checkpoint_estimator(ckpt, net, datamodule)), run_cfg
+    return Rebuilt(net, net_values, datamodule, ckpt, run_cfg)
+
+
+def evaluate_checkpoint(
+    path: str | Path, model: DictConfig | None = None, data: DictConfig | None = None
+) -> tuple[Evaluation, DictConfig]:
+    """Rebuild the run (:func:`rebuild`) and evaluate it with its saved calibration."""
+    r = rebuild(path, model, data)
+    estimator = checkpoint_estimator(r.ckpt, r.net, r.datamodule)
+    return evaluate(r.net, r.datamodule, estimator), r.run_cfg
 
 
 def network_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -151,26 +149,9 @@ def _fold_batch_norms(module: nn.Module) -> None:
             module[i] = nn.Identity()
 
 
-@contextmanager
-def loading_in_process(datamodule: Any) -> Iterator[None]:
-    """Evaluation loaders read their batches in this process: a batch is one memory-mapped read
-    and a normalisation, while starting and stopping two loader workers for each of the seven
-    parts evaluated cost seconds."""
-    saved = datamodule.num_workers, datamodule.persistent_workers
-    datamodule.num_workers, datamodule.persistent_workers = 0, False
-    try:
-        yield
-    finally:
-        datamodule.num_workers, datamodule.persistent_workers = saved
-
-
-def infer(model: torch.nn.Module, loader: DataLoader) -> Outputs:
-    """Logits and penultimate features of every crop a loader yields.
-
-    ``model``: a module or network, run through :func:`inference_copy`, or a copy made by it.
-    """
-    net = model if getattr(model, "_nscfate_inference", False) else inference_copy(model)
-    net._nscfate_inference = True
+def infer(net: torch.nn.Module, loader: DataLoader) -> Outputs:
+    """Logits and penultimate features of every crop a loader yields, by ``net`` as
+    :func:`inference_copy` made it."""
     device = next(net.parameters()).device
     rows, labels, logits, features = [], [], [], []
     for batch in loader:
@@ -193,9 +174,8 @@ def fit_estimator_on(
 ) -> FateEstimator:
     """Fit calibration (validation cells) and the OOD detector (training cells, unaugmented)."""
     net = inference_copy(model)
-    with loading_in_process(datamodule):
-        val = infer(net, datamodule.loader(VAL))
-        train = infer(net, datamodule.loader(TRAIN, augmented=False))
+    val = infer(net, datamodule.loader(VAL, workers=0))
+    train = infer(net, datamodule.loader(TRAIN, augmented=False, workers=0))
     known = val.labels >= 0  # unlabelled cells (label -1) cannot teach the calibration
     return fit_estimator(
         settings,
@@ -368,8 +348,9 @@ def evaluate(
     OOD flags, then compute the test metrics and the corrected fate fractions."""
     parts = parts or [p for p in datamodule.parts if p == TEST or p.startswith(INDEP)]
     net = inference_copy(model)
-    with loading_in_process(datamodule):
-        tables = [cell_table(infer(net, datamodule.loader(part)), estimator) for part in parts]
+    tables = [
+        cell_table(infer(net, datamodule.loader(part, workers=0)), estimator) for part in parts
+    ]
     cells = attach_cells(
         pd.concat(tables, ignore_index=True), datamodule.store.index, datamodule.split
     )

@@ -158,6 +158,11 @@ def log_fate_model(
     )
 
 
+def has_model(tags: dict[str, str]) -> bool:
+    """Whether a run's tags say it has a pyfunc model: logged, or deferred to its promotion."""
+    return MODEL_URI_TAG in tags or tags.get(DEFERRED_MODEL_TAG) == DEFERRED
+
+
 def run_model_uri(client: mlflow.MlflowClient, run_id: str) -> str | None:
     """The pyfunc model of a finished run: the logged one, or for a sweep trial that deferred it
     (tag ``nscfate.model=on promotion``) one built now from the run's checkpoint, logged into the
@@ -165,34 +170,18 @@ def run_model_uri(client: mlflow.MlflowClient, run_id: str) -> str | None:
     tags = client.get_run(run_id).data.tags
     if MODEL_URI_TAG in tags:
         return tags[MODEL_URI_TAG]
-    if tags.get(DEFERRED_MODEL_TAG) != DEFERRED:
+    if not has_model(tags):
         return None
     import tempfile
 
-    from omegaconf import OmegaConf
-
-    from nscfate.data.datamodule import CellDataModule
-    from nscfate.evaluation.checkpoint import (
-        checkpoint_estimator,
-        load_checkpoint,
-        network_weights,
-        own_values,
-    )
-    from nscfate.models import create_model
+    from nscfate.evaluation.checkpoint import checkpoint_estimator, rebuild
     from nscfate.tracking.fetch import run_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = run_checkpoint(client, run_id, Path(tmp))
-        ckpt = load_checkpoint(path)
-        run_cfg = OmegaConf.create(ckpt["nscfate_config"])
-        model_cfg = own_values(run_cfg.model, "model", path)
-        net = create_model(**(model_cfg | {"pretrained": False}))
-        net.load_state_dict(network_weights(ckpt["state_dict"]))
-        datamodule = CellDataModule(**own_values(run_cfg.data, "data", path))
-        datamodule.setup("test")
-        estimator = checkpoint_estimator(ckpt, net, datamodule)
+        r = rebuild(run_checkpoint(client, run_id, Path(tmp)))
+        estimator = checkpoint_estimator(r.ckpt, r.net, r.datamodule)
         info = log_fate_model(
-            net, model_cfg, datamodule, estimator, Path(tmp) / "model", run_id=run_id
+            r.net, r.model_values, r.datamodule, estimator, Path(tmp) / "model", run_id=run_id
         )
     client.set_tag(run_id, MODEL_URI_TAG, info.model_uri)
     client.delete_tag(run_id, DEFERRED_MODEL_TAG)

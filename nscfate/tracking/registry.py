@@ -28,7 +28,7 @@ from nscfate.data.store import open_store
 from nscfate.errors import NscfateError
 from nscfate.evaluation.evaluate import PROB_COLUMNS, TEST_METRICS, classification_metrics
 from nscfate.tracking.predict import load_model
-from nscfate.tracking.pyfunc import DEFERRED, DEFERRED_MODEL_TAG, MODEL_URI_TAG, run_model_uri
+from nscfate.tracking.pyfunc import MODEL_URI_TAG, has_model, run_model_uri
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -80,9 +80,8 @@ def candidate_from_run(client: MlflowClient, run_id: str, origin: str | None = N
     except MlflowException as err:
         raise NscfateError(f"run_id={run_id} not found in {client.tracking_uri}") from err
     tags = run.data.tags
-    has_model = MODEL_URI_TAG in tags or tags.get(DEFERRED_MODEL_TAG) == DEFERRED
     missing = [t for t in ("nscfate.split_digest", "nscfate.dataset_path") if t not in tags]
-    missing = ([] if has_model else [MODEL_URI_TAG]) + missing
+    missing = ([] if has_model(tags) else [MODEL_URI_TAG]) + missing
     if missing or run.info.status != "FINISHED":
         raise NscfateError(
             f"run {run_id} ({run.info.status}) is not a finished nscfate training run with a logged model"
@@ -114,12 +113,7 @@ def best_run_of_experiment(
         ],
         max_results=500,
     )
-    runs = [
-        r
-        for r in runs
-        if metric in r.data.metrics
-        and (MODEL_URI_TAG in r.data.tags or r.data.tags.get(DEFERRED_MODEL_TAG) == DEFERRED)
-    ]
+    runs = [r for r in runs if metric in r.data.metrics and has_model(r.data.tags)]
     if not runs:
         raise NscfateError(
             f"experiment {experiment!r} has no finished run with a model and metric {metric}"
