@@ -152,7 +152,7 @@ class CellDataModule(L.LightningDataModule):
         transform_on: where a training or validation batch is normalised and (for policies with a
             batched twin, ``nscfate.augment.batched``) augmented: ``workers`` (the loader workers,
             beside the training process: best on a CPU) or ``device`` (the device that trains, in
-            ``on_after_batch_transfer``: a GPU). Evaluation loaders always finish in the workers.
+            ``on_after_batch_transfer``: a GPU). Evaluation loaders always finish in the loader.
     """
 
     def __init__(
