@@ -11,12 +11,13 @@ SERVE_PORT ?= 5001
 SERVE_MODEL ?= models:/nscfate@champion
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo ui serve browser test test-slow test-all lint format bench bench-sweep clean
+.PHONY: help venv demo ui serve tracking-server browser test test-slow test-all lint format bench bench-sweep clean
 
 help:
 	@echo "make demo      set up .venv and run the main job (train + evaluate + track)"
 	@echo "make ui        open the MLflow UI on mlruns/ (127.0.0.1:5000)"
 	@echo "make serve     serve models:/nscfate@champion on 127.0.0.1:5001"
+	@echo "make tracking-server  team MLflow server: PostgreSQL store, proxied artifacts (127.0.0.1:5000)"
 	@echo "make browser   install Debian's chromium (for the end-to-end UI test; needs root)"
 	@echo "make test      set up .venv (with test extras) and run the test suite"
 	@echo "make test-slow the long end-to-end and fault tests (CI runs them too)"
@@ -53,6 +54,20 @@ serve: $(VENV)/.installed
 # The MLflow UI on this checkout's tracking database, bound to this machine only.
 ui: $(VENV)/.installed
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
+
+# The team tracking server: mlflow server on a PostgreSQL backend store (database created when
+# missing) with proxied artifacts (--serve-artifacts) in TRACKING_ARTIFACTS (a folder, or s3://...),
+# on 127.0.0.1 unless TRACKING_HOST says otherwise. TRACKING_AUTH=1 adds MLflow's basic-auth app
+# whose admin is MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (from the environment only).
+TRACKING_BACKEND ?= postgresql+psycopg2://postgres@127.0.0.1:5432/nscfate_mlflow
+TRACKING_ARTIFACTS ?= $(CURDIR)/mlruns/server-artifacts
+TRACKING_HOST ?= 127.0.0.1
+TRACKING_PORT ?= 5000
+TRACKING_AUTH ?=
+tracking-server: $(VENV)/.installed
+	TRACKING_BACKEND=$(TRACKING_BACKEND) TRACKING_ARTIFACTS=$(TRACKING_ARTIFACTS) \
+	  TRACKING_HOST=$(TRACKING_HOST) TRACKING_PORT=$(TRACKING_PORT) TRACKING_AUTH=$(TRACKING_AUTH) \
+	  TRACKING_STATE=$(CURDIR)/mlruns/server $(BIN)/python -m nscfate.cli.tracking_server
 
 # Debian's Chromium, driven headless by tests/test_ui_browser.py (installed once; CI runs as root).
 browser: /usr/bin/chromium
