@@ -42,6 +42,7 @@ from nscfate.search.storage import (
     watchable_running_trials,
 )
 from nscfate.search.study import ExhaustibleGridSampler, load_study, study_name
+from nscfate.search.workers import run_workers
 from nscfate.tracking.connection import connect
 from nscfate.tracking.registry import candidate_from_run, register
 from nscfate.training.train import check_objective
@@ -105,7 +106,10 @@ class OptunaSweeper:
             search.n_trials,
             parent,
         )
-        self._run_trials(study, space, search, parent, client)
+        if int(search.get("workers", 1)) > 1:  # N processes, each this command as one worker
+            run_workers(int(search.workers), Path(self.config.hydra.sweep.dir))
+        else:
+            self._run_trials(study, space, search, parent, client)
         return self._finish(study, search, client, parent)
 
     def _search_config(self) -> DictConfig:
@@ -117,6 +121,16 @@ class OptunaSweeper:
         check_objective(search.metric)
         if int(search.n_trials) < 1:
             raise NscfateError(f"search.n_trials={search.n_trials}: expected at least 1")
+        workers = search.get("workers", 1)
+        if not isinstance(workers, int) or workers < 1:
+            raise NscfateError(
+                f"search.workers={workers}: expected a whole number of processes >= 1"
+            )
+        if workers > 1 and not has_lock(search.storage):
+            raise NscfateError(
+                f"search.workers={workers}: search.storage={search.storage} has no lock shared by "
+                "workers; use sqlite:///, journal:/// or postgresql://"
+            )
         if not 0 <= float(search.max_failure_rate) <= 1:
             raise NscfateError(
                 f"search.max_failure_rate={search.max_failure_rate}: expected a value in [0, 1]"

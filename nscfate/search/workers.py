@@ -1,0 +1,85 @@
+"""``search.workers=N``: one command starts N local worker processes on one study.
+
+Each worker is the same ``nscfate-train -m`` command line with ``search.workers=1`` and its own
+sweep folder, a separate process (its own interpreter, its own CUDA context). When GPUs are visible
+each worker sees one of them (``CUDA_VISIBLE_DEVICES``, round-robin). The workers share the study
+through its storage and its lock exactly as workers started by hand do, so together they finish
+``search.n_trials``; a worker that dies has its trial re-run by the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from nscfate.errors import NscfateError
+
+log = logging.getLogger(__name__)
+#: Overrides a worker's command line sets itself (dropped from the parent's).
+_OWN = ("search.workers=", "hydra.sweep.dir=", "+search.workers=")
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries (empty without CUDA)."""
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if given is not None:
+        return [g for g in given.split(",") if g.strip() and g.strip() != "-1"]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def worker_command(argv: list[str], sweep_dir: Path, index: int) -> list[str]:
+    """Worker ``index``'s command line: the parent's overrides (``argv`` without the program), as
+    one worker, writing under ``<sweep_dir>/worker-<index>``."""
+    kept = [a for a in argv if not a.startswith(_OWN)]
+    return [
+        sys.executable,
+        "-m",
+        "nscfate.cli.train",
+        *kept,
+        "search.workers=1",
+        f"hydra.sweep.dir={sweep_dir / f'worker-{index}'}",
+    ]
+
+
+def worker_env(index: int, gpus: list[str]) -> dict[str, str]:
+    """Worker ``index``'s environment: this one, with one GPU visible when there are GPUs."""
+    env = dict(os.environ)
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+    env["NSCFATE_WORKER"] = str(index)
+    return env
+
+
+def run_workers(n: int, sweep_dir: Path, argv: list[str] | None = None) -> None:
+    """Start ``n`` workers, wait for all; NscfateError naming the failed ones. Interrupting the
+    parent stops the workers (their running trials are recovered by a later run)."""
+    argv = sys.argv[1:] if argv is None else argv
+    gpus = visible_gpus()
+    procs = []
+    try:
+        for i in range(n):
+            cmd = worker_command(argv, sweep_dir, i)
+            procs.append(subprocess.Popen(cmd, env=worker_env(i, gpus)))
+            log.info(
+                "worker %d: pid %d%s",
+                i,
+                procs[-1].pid,
+                f", CUDA_VISIBLE_DEVICES={gpus[i % len(gpus)]}" if gpus else "",
+            )
+        codes = [p.wait() for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait()
+    failed = [f"worker {i} (exit {c})" for i, c in enumerate(codes) if c != 0]
+    if failed:
+        raise NscfateError(
+            f"search.workers={n}: {', '.join(failed)} failed; see their output above "
+            f"(rerun the same command to resume the study)"
+        )
