@@ -16,6 +16,7 @@ LAYERS = [
     "training",
     "tracking",
     "search",
+    "report",
     "cli",
 ]
 
