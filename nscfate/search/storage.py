@@ -18,9 +18,12 @@ together finish exactly ``n_trials``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,12 +37,98 @@ from optuna.trial import FrozenTrial, TrialState
 from nscfate.errors import NscfateError
 from nscfate.files import file_lock
 
+log = logging.getLogger(__name__)
+
 #: Defaults of search.heartbeat_interval and search.grace_period (seconds).
 HEARTBEAT_SECONDS = 10
 GRACE_SECONDS = 30
 #: A trial that a dead worker left behind is re-run with the same parameters at most this often.
 MAX_RETRY = 3
 _RDB = ("sqlite:", "postgresql", "mysql")
+#: How long a storage call keeps retrying while its database server is gone (a restart, a
+#: fail-over) before the error stands.
+OUTAGE_SECONDS = 120
+
+
+def connection_lost(err: BaseException) -> bool:
+    """Whether ``err`` (or its cause) is a lost or refused database connection, which a retry
+    on a fresh connection may cure, rather than an error in what was asked."""
+    import sqlalchemy.exc
+
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, sqlalchemy.exc.OperationalError) or (
+            isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def retry_outage(call, what: str, seconds: float = OUTAGE_SECONDS, pause: float = 1.0):
+    """``call()``, retried every ``pause`` seconds while the database connection is lost, for up
+    to ``seconds``; any other error, or an outage longer than that, is raised."""
+    deadline = time.monotonic() + seconds
+    warned = False
+    while True:
+        try:
+            return call()
+        except Exception as err:
+            if not connection_lost(err) or time.monotonic() > deadline:
+                raise
+            if not warned:
+                log.warning("%s: database connection lost, retrying: %s", what, _first_line(err))
+                warned = True
+            time.sleep(pause)
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err.__cause__ or err).strip().splitlines() or [""])[0]
+
+
+class ResilientRDBStorage(RDBStorage):
+    """Optuna's RDBStorage whose calls ride out a database restart (``retry_outage``): a sweep,
+    its heartbeats and its pruning reports go on once the server is back, instead of failing the
+    trial or killing the heartbeat thread (which would have the trial reaped as dead)."""
+
+
+def _resilient(name: str):
+    method = getattr(RDBStorage, name)
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        return retry_outage(lambda: method(self, *args, **kwargs), f"optuna storage {name}")
+
+    return call
+
+
+for _name in [
+    "create_new_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "set_trial_param",
+    "get_trial_param",
+    "set_trial_state_values",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial",
+    "get_all_trials",
+    "get_best_trial",
+    "record_heartbeat",
+    "_get_stale_trial_ids",
+]:
+    setattr(ResilientRDBStorage, _name, _resilient(_name))
 
 
 def journal_path(url: str) -> Path | None:
@@ -78,7 +167,7 @@ def open_storage(
     if url.startswith("postgresql"):
         engine_kwargs["connect_args"] = {"connect_timeout": 5}
     try:
-        return RDBStorage(
+        return ResilientRDBStorage(
             url,
             engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat_interval,
@@ -126,8 +215,8 @@ def _advisory_lock(url: str, study_name: str) -> Iterator[None]:
         url, poolclass=sqlalchemy.pool.NullPool, connect_args={"connect_timeout": 5}
     )
     key = int(_key(study_name), 16) & 0x7FFFFFFFFFFFFFFF
-    try:
-        conn = engine.connect()
+    try:  # a server that is restarting is waited for; one never reached is an error at once
+        conn = retry_outage(engine.connect, "storage lock", seconds=_outage_allowance())
     except Exception as err:
         raise NscfateError(
             f"search.storage={url} is unreachable: {str(err).splitlines()[0]}"
@@ -137,7 +226,26 @@ def _advisory_lock(url: str, study_name: str) -> Iterator[None]:
         try:
             yield
         finally:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            try:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            except Exception as err:  # the server went away: its session, and the lock, are gone
+                if not connection_lost(err):
+                    raise
+                log.warning("storage lock: connection lost while held: %s", _first_line(err))
+
+
+#: Set while a sweep runs (the storage answered before): waiting out an outage is worth it then.
+_STARTED = {"value": False}
+
+
+def mark_started() -> None:
+    """Tell the storage lock that this process reached its storage once, so later connection
+    failures are outages to wait out rather than a wrong URL to report at once."""
+    _STARTED["value"] = True
+
+
+def _outage_allowance() -> float:
+    return OUTAGE_SECONDS if _STARTED["value"] else 0.0
 
 
 def _key(study_name: str) -> str:

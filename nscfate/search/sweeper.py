@@ -36,13 +36,14 @@ from nscfate.search.storage import (
     claim,
     counted_trials,
     has_lock,
+    mark_started,
     recover_dead_trials,
     standing_trials,
     storage_lock,
     watchable_running_trials,
 )
 from nscfate.search.study import ExhaustibleGridSampler, load_study, study_name
-from nscfate.search.workers import run_workers
+from nscfate.search.workers import check_workers, run_workers
 from nscfate.tracking.connection import connect
 from nscfate.tracking.registry import candidate_from_run, register
 from nscfate.training.train import check_objective
@@ -90,6 +91,7 @@ class OptunaSweeper:
         # (creating an MLflow client migrates its database), so all of that happens under the lock.
         with storage_lock(search.storage, name):
             study = load_study(search, space, name, max_epochs=self.config.trainer.max_epochs)
+            mark_started()  # from now on a lost database connection is an outage to wait out
             experiment_id = connect(
                 self.config.tracking.uri,
                 self.config.tracking.experiment,
@@ -121,16 +123,7 @@ class OptunaSweeper:
         check_objective(search.metric)
         if int(search.n_trials) < 1:
             raise NscfateError(f"search.n_trials={search.n_trials}: expected at least 1")
-        workers = search.get("workers", 1)
-        if not isinstance(workers, int) or workers < 1:
-            raise NscfateError(
-                f"search.workers={workers}: expected a whole number of processes >= 1"
-            )
-        if workers > 1 and not has_lock(search.storage):
-            raise NscfateError(
-                f"search.workers={workers}: search.storage={search.storage} has no lock shared by "
-                "workers; use sqlite:///, journal:/// or postgresql://"
-            )
+        check_workers(search.get("workers", 1), search.storage)
         if not 0 <= float(search.max_failure_rate) <= 1:
             raise NscfateError(
                 f"search.max_failure_rate={search.max_failure_rate}: expected a value in [0, 1]"

@@ -22,6 +22,20 @@ log = logging.getLogger(__name__)
 _OWN = ("search.workers=", "hydra.sweep.dir=", "+search.workers=")
 
 
+def check_workers(workers: object, storage: str) -> None:
+    """NscfateError unless ``workers`` is a whole number >= 1 and, for several, ``storage`` has
+    the lock workers share (see ``nscfate.search.storage.has_lock``)."""
+    from nscfate.search.storage import has_lock
+
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise NscfateError(f"search.workers={workers}: expected a whole number of processes >= 1")
+    if workers > 1 and not has_lock(storage):
+        raise NscfateError(
+            f"search.workers={workers}: search.storage={storage} has no lock shared by workers; "
+            "use sqlite:///, journal:/// or postgresql://"
+        )
+
+
 def visible_gpus() -> list[str]:
     """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries (empty without CUDA)."""
     given = os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -14,8 +14,10 @@ from nscfate.errors import NscfateError
 from nscfate.paths import REPO_ROOT
 from nscfate.redact import has_secret
 
-# Fail fast instead of MLflow's default minutes of retries against a dead server.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+# A tracking server that is down when a command starts is one line at once (check_reachable); one
+# that restarts while a run logs is waited for: 5 retries, 2 s doubling, about a minute (MLflow's
+# own default, 7, waits minutes).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 
