@@ -54,7 +54,9 @@ def provenance(run: RunData) -> h.Section:
         for k, v in run.params.items()
         if k.startswith(SHOWN_PARAMS) and not k.endswith("_target_") and len(v) <= 160
     )
-    body = h.table(facts, ["", ""]) + h.table(params, ["setting", "value"])
+    body = h.table(facts, ["", ""])
+    body += f"<details><summary>settings ({len(params)})</summary>"
+    body += h.table(params, ["setting", "value"]) + "</details>"
     if "plots/data_preview.png" in run.images:
         body += h.image(
             run.images["plots/data_preview.png"], "the training data: crops by class and day"
