@@ -11,13 +11,14 @@ SERVE_PORT ?= 5001
 SERVE_MODEL ?= models:/nscfate@champion
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo ui serve tracking-server browser test test-slow test-all lint format bench bench-sweep clean
+.PHONY: help venv demo ui serve tracking-server slurm browser test test-slow test-all lint format bench bench-sweep clean
 
 help:
 	@echo "make demo      set up .venv and run the main job (train + evaluate + track)"
 	@echo "make ui        open the MLflow UI on mlruns/ (127.0.0.1:5000)"
 	@echo "make serve     serve models:/nscfate@champion on 127.0.0.1:5001"
 	@echo "make tracking-server  team MLflow server: PostgreSQL store, proxied artifacts (127.0.0.1:5000)"
+	@echo "make slurm     a single-node SLURM cluster on this machine (Debian's slurm-wlm + munge; root)"
 	@echo "make browser   install Debian's chromium (for the end-to-end UI test; needs root)"
 	@echo "make test      set up .venv (with test extras) and run the test suite"
 	@echo "make test-slow the long end-to-end and fault tests (CI runs them too)"
@@ -68,6 +69,11 @@ tracking-server: $(VENV)/.installed
 	TRACKING_BACKEND=$(TRACKING_BACKEND) TRACKING_ARTIFACTS=$(TRACKING_ARTIFACTS) \
 	  TRACKING_HOST=$(TRACKING_HOST) TRACKING_PORT=$(TRACKING_PORT) TRACKING_AUTH=$(TRACKING_AUTH) \
 	  TRACKING_STATE=$(CURDIR)/mlruns/server $(BIN)/python -m nscfate.cli.tracking_server
+
+# A single-node SLURM cluster on this machine (installs Debian's slurm-wlm and munge when missing,
+# writes /etc/slurm/slurm.conf, starts munged, slurmctld and slurmd); tests/test_slurm.py runs it too.
+slurm:
+	bash tests/slurm/setup.sh
 
 # Debian's Chromium, driven headless by tests/test_ui_browser.py (installed once; CI runs as root).
 browser: /usr/bin/chromium
