@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     ensure_database(args.backend)
     env = dict(os.environ)
+    # MLflow's job runner (huey consumers for GenAI trace jobs) is nothing nscfate uses: off
+    # unless asked for, which saves a handful of processes on a small server.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     if args.auth:
         env |= auth_config(Path(args.state_dir))
     cmd = server_command(args)
