@@ -141,7 +141,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 #: A tiny synthetic store, read in-process, with a fixed batch size (not the recipe's auto) and
-#: 20 bootstrap rounds for the fate-fraction intervals (200 by default).
+#: 20 bootstrap rounds for the fate-fraction intervals (200 by default), no Grad-CAM gallery.
 TINY_DATA = [
     "data.synthetic.cells_per_group=12",
     "data.synthetic.batches_per_group=4",
@@ -149,6 +149,7 @@ TINY_DATA = [
     "data.persistent_workers=false",
     "data.batch_size=32",
     "quantify.n_boot=20",
+    "cam.per_group=0",
 ]
 #: Overrides that make a training run take seconds on CPU.
 FAST = [*TINY_DATA, "trainer.max_epochs=2", "trainer.log_every_n_steps=1"]

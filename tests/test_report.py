@@ -24,7 +24,7 @@ def tracked(tmp_path_factory, data_dir):
     from nscfate.tracking.run import tracked_train
 
     tmp = tmp_path_factory.mktemp("report")
-    cfg = compose_train(tmp, data_dir, "quantify.n_boot=10")
+    cfg = compose_train(tmp, data_dir, "quantify.n_boot=10", "cam.per_group=1")
     result = tracked_train(cfg)
     return result, cfg.tracking.uri, tmp
 
@@ -44,7 +44,7 @@ def test_a_runs_report_has_every_section_its_logged_numbers_and_is_logged(tracke
     for section in RUN_SECTIONS:
         assert f'<section id="{section}">' in html
     images = re.findall(r'<img src="([^"]+)"', html)
-    assert len(images) >= 4 and all(s.startswith("data:image/png;base64,") for s in images)
+    assert len(images) >= 5 and all(s.startswith("data:image/png;base64,") for s in images)
     assert "http://" not in html and "https://" not in html  # nothing outside the file
     client = MlflowClient(uri)
     tags = client.get_run(result.run_id).data.tags
@@ -55,6 +55,7 @@ def test_a_runs_report_has_every_section_its_logged_numbers_and_is_logged(tracke
         _, _, shown, low, high, oracle = rows[day]
         assert shown == f"{acc:.3f}" and float(low) <= acc <= float(high)
         assert oracle == f"{result.oracle_by_day[day]:.3f}"
+    assert 'alt="cam/gallery.png"' in html  # the run's Grad-CAM gallery
     logged = [a.path for a in client.list_artifacts(result.run_id, "report")]
     assert logged == ["report/r.html"] and f"MLflow run {result.run_id}" in stdout
 

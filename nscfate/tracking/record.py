@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nscfate.data.preview import contact_sheet
 from nscfate.evaluation import plots
+from nscfate.evaluation.cam import cam_gallery
 from nscfate.evaluation.health import RunWarning
 from nscfate.paths import REPO_ROOT
 from nscfate.redact import redact_values
@@ -111,6 +112,7 @@ def log_results(
     for fig, name in _figures(evaluation, oracle_by_day):
         mlflow.log_figure(fig, f"plots/{name}.png")
         plots.close(fig)
+    log_cam_gallery(cfg, objects)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tables = {
@@ -132,6 +134,18 @@ def log_results(
             mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
         else:
             mlflow.set_tag(DEFERRED_MODEL_TAG, DEFERRED)
+
+
+def log_cam_gallery(cfg: DictConfig, objects: dict[str, Any]) -> None:
+    """``cam/gallery.png``: Grad-CAM of ``cam.per_group`` test cells per fate x day (0: none)."""
+    per_group = int((cfg.get("cam") or {}).get("per_group", 0) or 0)
+    if per_group <= 0 or objects.get("module") is None:
+        return
+    cells = objects["evaluation"].cells
+    fig = cam_gallery(objects["module"].net, objects["datamodule"], cells, per_group, cfg.seed)
+    if fig is not None:
+        mlflow.log_figure(fig, "cam/gallery.png")
+        plots.close(fig)
 
 
 def data_preview(store: Any, directory: Path) -> Path:
