@@ -86,7 +86,6 @@ def test_accuracy_intervals_hold_the_accuracy_and_narrow_with_more_cells():
     ("args", "message"),
     [
         ([], "give exactly one of run_id="),
-        (["run_id=abc", "report.experiment=x"], "got run_id, report.experiment"),
         (["run_id=abc", "report.n_boot=3"], "report.n_boot=3"),
         (["run_id=0123456789abcdef0123456789abcdef"], "run_id=0123456789abcdef0123456789abcdef"),
         (["report.experiment=nothing-here"], "report.experiment='nothing-here'"),
@@ -98,3 +97,50 @@ def test_bad_input_is_one_line_naming_the_key(tracked, args, message):
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert code != 0 and message in stderr and len(lines) == 1, stderr
     assert not (tmp / "x.html").exists()
+
+
+def test_grad_cam_points_at_the_evidence():
+    """A network whose first fate's logit is the mean activation over a bright patch: its map
+    peaks on the patch and is dark elsewhere."""
+    import torch
+    from torch import nn
+
+    from nscfate.evaluation.cam import activation_maps
+
+    net = nn.Sequential(
+        nn.Conv2d(1, 1, 3, padding=1, bias=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(1, 3),
+    )
+    with torch.no_grad():
+        net[0].weight.fill_(1 / 9)
+        net[4].weight.copy_(torch.tensor([[1.0], [0.0], [-1.0]]))
+        net[4].bias.zero_()
+    x = torch.zeros(1, 1, 32, 32)
+    x[0, 0, 4:10, 20:26] = 1.0
+    maps, explained = activation_maps(net, x)
+    peak = np.unravel_index(maps[0].argmax(), maps[0].shape)
+    assert explained.tolist() == [0] and 4 <= peak[0] < 10 and 20 <= peak[1] < 26
+    assert maps[0][16:, :12].max() < 0.05 and net[0].weight.grad is None  # net untouched
+
+
+def test_predict_cam_writes_one_map_per_crop(tracked, sample_pngs):
+    from PIL import Image
+
+    result, uri, tmp = tracked
+    out = tmp / "pred" / "p.csv"
+    code, stdout, stderr = run_cli(
+        "predict",
+        f"model={result.run_id}",
+        f"input={sample_pngs[0].parent}",
+        f"output={out}",
+        f"tracking.uri={uri}",
+        "cam=true",
+    )
+    assert code == 0, stderr
+    written = sorted((tmp / "pred" / "p_cam").glob("*.png"))
+    stems = sorted(p.stem.split("_", 1)[1] for p in written)
+    assert stems == sorted(p.stem for p in sample_pngs) and "6 ->" in stdout
+    assert all(Image.open(p).size[0] > 100 for p in written)

@@ -33,6 +33,7 @@ def app(cfg: DictConfig) -> None:
         ood_alarm,
         predict_cells,
         resolve_model_uri,
+        write_activation_maps,
         write_csv,
     )
     from nscfate.tracking.summary import print_alarm, print_fractions
@@ -42,7 +43,8 @@ def app(cfg: DictConfig) -> None:
     check_reachable(cfg.tracking.uri)
     mlflow.set_tracking_uri(cfg.tracking.uri)
     uri = resolve_model_uri(str(cfg.model_uri), MlflowClient(cfg.tracking.uri))
-    predictions, estimator = predict_cells(load_model(uri), crops, cells)
+    model = load_model(uri)
+    predictions, estimator = predict_cells(model, crops, cells)
     kept = predictions if cfg.logits else predictions.drop(columns=LOGIT_COLUMNS, errors="ignore")
     write_csv(kept, output)
     print(f"predicted {len(predictions)} cells with {cfg.model_uri} -> {output}")
@@ -54,6 +56,10 @@ def app(cfg: DictConfig) -> None:
         write_csv(fractions, fractions_path)
         print_fractions(fractions)
         print(f"fate fractions -> {fractions_path}")
+    if cfg.cam:
+        maps = output.with_name(f"{output.stem}_cam")
+        n = len(write_activation_maps(model, crops, predictions, maps))
+        print(f"Grad-CAM of the predicted fate, one PNG per crop: {n} -> {maps}")
 
 
 def main() -> None:

@@ -114,3 +114,37 @@ def write_csv(table: pd.DataFrame, out: Path) -> None:
     """Write a CSV atomically (temporary file, then rename)."""
     with atomic_write(out) as tmp:
         table.to_csv(tmp, index=False)
+
+
+#: Crops explained per Grad-CAM pass (``cam=true``): bounds memory on a large plate.
+CAM_CHUNK = 256
+
+
+def write_activation_maps(
+    model: mlflow.pyfunc.PyFuncModel, crops: list[np.ndarray], predictions: pd.DataFrame, out: Path
+) -> list[Path]:
+    """``cam=true``: one PNG per crop in ``out``, the crop (as the model saw it) under the Grad-CAM
+    of the fate it was given, named ``<row>_<source file stem>.png``."""
+    import torch
+
+    from nscfate.data.preprocess import prepare_batch
+    from nscfate.evaluation.cam import activation_maps, save_overlays
+
+    inner = model.unwrap_python_model() if hasattr(model, "unwrap_python_model") else None
+    if not isinstance(inner, FateModel):
+        raise NscfateError("cam=true needs an nscfate model (its network); this model is not one")
+    x = prepare_batch(crops, tuple(inner.spec["size"]), inner.normalizer, inner.spec["white_level"])
+    targets = predictions["fate"].map(CLASSES.index).to_numpy()
+    written = []
+    for start in range(0, len(x), CAM_CHUNK):
+        part = slice(start, start + CAM_CHUNK)
+        maps, _ = activation_maps(inner.net, torch.from_numpy(x[part]), targets[part])
+        rows = predictions.iloc[part]
+        names = [
+            f"{i:05d}_{Path(str(s)).stem}" for i, s in zip(rows.index, rows["source"], strict=True)
+        ]
+        titles = [
+            f"{Path(str(s)).name}: {f}" for s, f in zip(rows["source"], rows["fate"], strict=True)
+        ]
+        written += save_overlays(x[part, 0], maps, names, titles, out)
+    return written
