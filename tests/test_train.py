@@ -34,6 +34,19 @@ def test_fast_dev_run_every_model(tmp_path, data_dir, model):
     assert {"test/f1_macro", "test/auroc", "test/ece", "test/acc_day1"} <= set(metrics)
 
 
+def test_fast_dev_run_evaluates_one_batch_of_each_split_spread_over_it(tmp_path, data_dir):
+    """A quick check stays quick with a large model: fast_dev_run's one test batch (Lightning's
+    limit_test_batches) holds for nscfate's own evaluation too, cells spread over every day."""
+    cfg = compose_train(tmp_path, data_dir, "debug=fdr", "data.eval_batch_size=16")
+    metrics, objects = train(cfg)
+    cells = objects["evaluation"].cells
+    test, indep = cells[cells["split"] == "test"], cells[cells["split"] != "test"]
+    assert len(objects["datamodule"].datasets["test"]) > 16 and len(test) == 16
+    assert sorted(test["day"].unique()) == [1, 3, 5, 7]
+    assert indep.groupby("condition").size().tolist() == [16] * 4
+    assert {"test/acc_day1", "test/acc_day7", "indep/frac_mae"} <= set(metrics)
+
+
 def test_train_learns_and_reports_every_metric(tmp_path, data_dir):
     cfg = compose_train(
         tmp_path, data_dir, "trainer.max_epochs=6", "data.synthetic.cells_per_group=40"

@@ -23,7 +23,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from nscfate.augment import build_augmentation, check_keeps_shape, seed_policy
 from nscfate.augment.batched import BatchedPolicy, batched_policy
@@ -134,6 +134,18 @@ def _seed_worker(worker_id: int) -> None:
     if getattr(dataset, "augment", None) is not None:
         seed_policy(dataset.augment, info.seed % 2**32)
     dataset.generator = torch.Generator().manual_seed(info.seed % 2**63)
+
+
+def spread_subset(dataset: Dataset, limit_batches: int | float, batch_size: int) -> Dataset:
+    """``dataset``, or an evenly spaced subset of it when ``limit_batches`` (an int: batches of
+    ``batch_size``, a float: a share) asks for fewer crops: every day and culture of a split
+    stays represented, where its first batches would hold only some."""
+    n = len(dataset)
+    keep = limit_batches * batch_size if isinstance(limit_batches, int) else n * limit_batches
+    keep = max(1, round(keep))
+    if keep >= n:
+        return dataset
+    return Subset(dataset, np.linspace(0, n - 1, keep).round().astype(int).tolist())
 
 
 class CellDataModule(L.LightningDataModule):
@@ -285,6 +297,7 @@ class CellDataModule(L.LightningDataModule):
         augmented: bool = True,
         on_device: bool = False,
         workers: int | None = None,
+        limit_batches: int | float = 1.0,
     ) -> DataLoader:
         """A DataLoader over one split (``train``, ``val``, ``test`` or ``indep:<condition>``).
 
@@ -292,6 +305,8 @@ class CellDataModule(L.LightningDataModule):
         ``on_device``: the batches come raw and :meth:`on_after_batch_transfer` finishes them.
         ``workers``: loader workers instead of ``num_workers`` (0: read in this process, as a
         one-pass evaluation does: a batch is one read, and starting workers costs seconds).
+        ``limit_batches``: as Lightning's ``limit_test_batches`` (an int: that many batches, a
+        float: that share of the crops), the crops kept spread evenly over the split.
         """
         workers = self.num_workers if workers is None else workers
         if part not in self.datasets:
@@ -311,6 +326,7 @@ class CellDataModule(L.LightningDataModule):
         if not augmented:
             dataset.augment = None
             dataset.transform = self.eval_transform
+        dataset = spread_subset(dataset, limit_batches, batch_size)
         return DataLoader(
             dataset,
             batch_size=batch_size,

@@ -170,12 +170,22 @@ def infer(net: torch.nn.Module, loader: DataLoader) -> Outputs:
 
 
 def fit_estimator_on(
-    model: torch.nn.Module, datamodule, settings: EstimationSettings
+    model: torch.nn.Module,
+    datamodule,
+    settings: EstimationSettings,
+    limit_batches: int | float = 1.0,
 ) -> FateEstimator:
-    """Fit calibration (validation cells) and the OOD detector (training cells, unaugmented)."""
+    """Fit calibration (validation cells) and the OOD detector (training cells, unaugmented).
+
+    ``limit_batches``: read only that many batches (or that share) of each split, spread over it
+    (a trainer's ``limit_test_batches``: one batch under ``fast_dev_run``).
+    """
     net = inference_copy(model)
-    val = infer(net, datamodule.loader(VAL, workers=0))
-    train = infer(net, datamodule.loader(TRAIN, augmented=False, workers=0))
+    val = infer(net, datamodule.loader(VAL, workers=0, limit_batches=limit_batches))
+    train = infer(
+        net,
+        datamodule.loader(TRAIN, augmented=False, workers=0, limit_batches=limit_batches),
+    )
     known = val.labels >= 0  # unlabelled cells (label -1) cannot teach the calibration
     return fit_estimator(
         settings,
@@ -343,13 +353,21 @@ def evaluate(
     datamodule,
     estimator: FateEstimator,
     parts: list[str] | None = None,
+    limit_batches: int | float = 1.0,
 ) -> Evaluation:
     """Predict the test split and every independent condition with calibrated probabilities and
-    OOD flags, then compute the test metrics and the corrected fate fractions."""
+    OOD flags, then compute the test metrics and the corrected fate fractions.
+
+    ``limit_batches``: as in :func:`fit_estimator_on`, per part.
+    """
     parts = parts or [p for p in datamodule.parts if p == TEST or p.startswith(INDEP)]
     net = inference_copy(model)
     tables = [
-        cell_table(infer(net, datamodule.loader(part, workers=0)), estimator) for part in parts
+        cell_table(
+            infer(net, datamodule.loader(part, workers=0, limit_batches=limit_batches)),
+            estimator,
+        )
+        for part in parts
     ]
     cells = attach_cells(
         pd.concat(tables, ignore_index=True), datamodule.store.index, datamodule.split

@@ -135,10 +135,13 @@ def train(
         )
     log.info("Calibrating on the validation split, fitting the OOD detector")
     # Inference in the trainer's precision (bf16-mixed on a GPU: autocast), as fitting ran.
+    # The trainer's test limit holds for this evaluation too (fast_dev_run: one batch per split).
+    limit = trainer.limit_test_batches
     with trainer.precision_plugin.forward_context():
-        estimator = fit_estimator_on(module, datamodule, EstimationSettings.from_config(cfg))
+        settings = EstimationSettings.from_config(cfg)
+        estimator = fit_estimator_on(module, datamodule, settings, limit)
         parts = None if independent is None or independent(metrics) else [TEST]
-        evaluation = evaluate(module, datamodule, estimator, parts)
+        evaluation = evaluate(module, datamodule, estimator, parts, limit)
     if best:
         save_estimator(best, estimator)
     metrics |= evaluation.metrics
