@@ -92,7 +92,9 @@ def comparison_section(table: pd.DataFrame, settings: list[str], what: str) -> h
         if s in table and 1 < table[s].nunique() <= MAX_GROUPS:
             body += f"<h3>by {s}</h3>" + h.frame(grouped(table, s))
     body += "<h3>every run</h3>" + h.frame(table.sort_values("objective", ascending=False))
-    return h.Section("comparison", "Architecture and augmentation comparison", body)
+    return h.Section(
+        "comparison", "Comparison of runs: architectures, augmentations, settings", body
+    )
 
 
 def study_plots(parent: RunData | None) -> list[h.Section]:

@@ -72,7 +72,10 @@ def table(rows: Sequence[Sequence[object]], header: Sequence[str], digits: int =
     """An HTML table; floats shown with ``digits`` decimals."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(_cell(v, digits) for v in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return (
+        f'<div style="overflow-x:auto"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>"
+    )
 
 
 def frame(df: pd.DataFrame, digits: int = 3) -> str:
