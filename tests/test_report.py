@@ -26,6 +26,9 @@ def tracked(tmp_path_factory, data_dir):
     tmp = tmp_path_factory.mktemp("report")
     cfg = compose_train(tmp, data_dir, "quantify.n_boot=10", "cam.per_group=1")
     result = tracked_train(cfg)
+    import matplotlib.pyplot as plt
+
+    assert plt.get_fignums() == []  # the CAM gallery's figure is closed too
     return result, cfg.tracking.uri, tmp
 
 
