@@ -18,7 +18,7 @@ from nscfate.search.workers import check_workers, visible_gpus, worker_command, 
 
 
 def test_each_worker_is_the_command_as_one_worker_in_its_own_folder(tmp_path):
-    argv = ["-m", "search=default", "search.workers=3", "hydra.sweep.dir=/x", "model=small_cnn"]
+    argv = ["-m", "search=default", "search.workers=3", "search.backend=slurm", "model=small_cnn"]
     cmd = worker_command(argv, tmp_path, 2)
     assert cmd[1:3] == ["-m", "nscfate.cli.train"]
     assert cmd[3:] == [
@@ -26,6 +26,7 @@ def test_each_worker_is_the_command_as_one_worker_in_its_own_folder(tmp_path):
         "search=default",
         "model=small_cnn",
         "search.workers=1",
+        "search.backend=local",
         f"hydra.sweep.dir={tmp_path / 'worker-2'}",
     ]
 
@@ -122,3 +123,17 @@ def test_a_database_outage_is_waited_out_other_errors_are_not():
 
     with pytest.raises(StorageInternalError):  # an outage longer than allowed stands
         retry_outage(down, "test", seconds=0.05, pause=0.01)
+
+
+def test_the_slurm_array_runs_one_worker_per_task(tmp_path):
+    from nscfate.search.workers import slurm_script
+
+    argv = ["-m", "search=default", "optimizer.lr=choice(0.1,0.2)", "search.backend=slurm"]
+    script = slurm_script(3, tmp_path, argv, "nscfate-s", ["--gres=gpu:1"])
+    lines = script.splitlines()
+    assert "#SBATCH --array=0-2" in lines and "#SBATCH --gres=gpu:1" in lines
+    assert f"#SBATCH --output={tmp_path}/worker-%a.log" in lines
+    run = lines[-1]
+    assert run.startswith("exec ") and "'optimizer.lr=choice(0.1,0.2)'" in run
+    assert "search.backend=local" in run and "search.backend=slurm" not in run
+    assert run.endswith(f'"hydra.sweep.dir={tmp_path}/worker-$SLURM_ARRAY_TASK_ID"')

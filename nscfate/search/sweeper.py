@@ -43,7 +43,7 @@ from nscfate.search.storage import (
     watchable_running_trials,
 )
 from nscfate.search.study import ExhaustibleGridSampler, load_study, study_name
-from nscfate.search.workers import check_workers, run_workers
+from nscfate.search.workers import check_workers, run_slurm_workers, run_workers
 from nscfate.tracking.connection import connect
 from nscfate.tracking.registry import candidate_from_run, register
 from nscfate.training.train import check_objective
@@ -108,11 +108,29 @@ class OptunaSweeper:
             search.n_trials,
             parent,
         )
-        if int(search.get("workers", 1)) > 1:  # N processes, each this command as one worker
-            run_workers(int(search.workers), Path(self.config.hydra.sweep.dir))
+        if int(search.get("workers", 1)) > 1 or search.get("backend", "local") == "slurm":
+            self._run_workers(study, search)
         else:
             self._run_trials(study, space, search, parent, client)
         return self._finish(study, search, client, parent)
+
+    def _run_workers(self, study: optuna.Study, search: DictConfig) -> None:
+        """Run the study by ``search.workers`` processes, each this command as one worker: local
+        processes, or a SLURM job array (``search.backend=slurm``, ``search.sbatch`` options).
+        A worker that died is an error only if the others could not finish the study."""
+        n, sweep_dir = int(search.workers), Path(self.config.hydra.sweep.dir)
+        if search.get("backend", "local") == "slurm":
+            options = [str(o) for o in search.get("sbatch") or []]
+            failed = run_slurm_workers(n, sweep_dir, f"nscfate-{study.study_name}", options)
+        else:
+            failed = run_workers(n, sweep_dir)
+        if not failed:
+            return
+        done = counted_trials(study) >= search.n_trials and not watchable_running_trials(study)
+        message = f"search.workers={n}: {', '.join(failed)} failed"
+        if not done:
+            raise NscfateError(f"{message}; rerun the same command to resume the study")
+        log.warning("%s; the other workers finished the study", message)
 
     def _search_config(self) -> DictConfig:
         search = self.config.get("search")
@@ -123,7 +141,7 @@ class OptunaSweeper:
         check_objective(search.metric)
         if int(search.n_trials) < 1:
             raise NscfateError(f"search.n_trials={search.n_trials}: expected at least 1")
-        check_workers(search.get("workers", 1), search.storage)
+        check_workers(search.get("workers", 1), search.storage, str(search.get("backend", "local")))
         if not 0 <= float(search.max_failure_rate) <= 1:
             raise NscfateError(
                 f"search.max_failure_rate={search.max_failure_rate}: expected a value in [0, 1]"

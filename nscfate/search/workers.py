@@ -11,24 +11,32 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from nscfate.errors import NscfateError
+from nscfate.files import atomic_write
 
 log = logging.getLogger(__name__)
 #: Overrides a worker's command line sets itself (dropped from the parent's).
-_OWN = ("search.workers=", "hydra.sweep.dir=", "+search.workers=")
+_OWN = ("search.workers=", "search.backend=", "hydra.sweep.dir=", "+search.workers=")
 
 
-def check_workers(workers: object, storage: str) -> None:
+BACKENDS = ("local", "slurm")
+
+
+def check_workers(workers: object, storage: str, backend: str = "local") -> None:
     """NscfateError unless ``workers`` is a whole number >= 1 and, for several, ``storage`` has
     the lock workers share (see ``nscfate.search.storage.has_lock``)."""
     from nscfate.search.storage import has_lock
 
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise NscfateError(f"search.workers={workers}: expected a whole number of processes >= 1")
+    if backend not in BACKENDS:
+        raise NscfateError(f"search.backend={backend}: expected one of {', '.join(BACKENDS)}")
     if workers > 1 and not has_lock(storage):
         raise NscfateError(
             f"search.workers={workers}: search.storage={storage} has no lock shared by workers; "
@@ -56,6 +64,7 @@ def worker_command(argv: list[str], sweep_dir: Path, index: int) -> list[str]:
         "nscfate.cli.train",
         *kept,
         "search.workers=1",
+        "search.backend=local",  # a worker runs trials itself, it never starts workers
         f"hydra.sweep.dir={sweep_dir / f'worker-{index}'}",
     ]
 
@@ -69,9 +78,9 @@ def worker_env(index: int, gpus: list[str]) -> dict[str, str]:
     return env
 
 
-def run_workers(n: int, sweep_dir: Path, argv: list[str] | None = None) -> None:
-    """Start ``n`` workers, wait for all; NscfateError naming the failed ones. Interrupting the
-    parent stops the workers (their running trials are recovered by a later run)."""
+def run_workers(n: int, sweep_dir: Path, argv: list[str] | None = None) -> list[str]:
+    """Start ``n`` local workers and wait for all; the ones that failed (empty if none).
+    Interrupting the parent stops the workers (a later run recovers their trials)."""
     argv = sys.argv[1:] if argv is None else argv
     gpus = visible_gpus()
     procs = []
@@ -91,9 +100,55 @@ def run_workers(n: int, sweep_dir: Path, argv: list[str] | None = None) -> None:
             if p.poll() is None:
                 p.terminate()
                 p.wait()
-    failed = [f"worker {i} (exit {c})" for i, c in enumerate(codes) if c != 0]
-    if failed:
+    return [f"worker {i} (exit {c})" for i, c in enumerate(codes) if c != 0]
+
+
+def slurm_script(
+    n: int, sweep_dir: Path, argv: list[str], job_name: str, options: list[str]
+) -> str:
+    """A SLURM job array of ``n`` workers: task ``i`` runs worker ``i``'s command line (SLURM
+    itself sets CUDA_VISIBLE_DEVICES for a task given ``--gres=gpu:1`` in ``options``)."""
+    cmd = worker_command(argv, sweep_dir, 0)
+    cmd[-1] = f"hydra.sweep.dir={sweep_dir}/worker-$SLURM_ARRAY_TASK_ID"
+    line = " ".join(shlex.quote(c) for c in cmd[:-1]) + f' "{cmd[-1]}"'
+    head = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name={job_name}",
+        f"#SBATCH --array=0-{n - 1}",
+        f"#SBATCH --output={sweep_dir}/worker-%a.log",
+        *(f"#SBATCH {o}" for o in options),
+    ]
+    return "\n".join([*head, "export NSCFATE_WORKER=$SLURM_ARRAY_TASK_ID", f"exec {line}", ""])
+
+
+def run_slurm_workers(
+    n: int, sweep_dir: Path, job_name: str, options: list[str], argv: list[str] | None = None
+) -> list[str]:
+    """Submit ``n`` workers as one SLURM job array (``sbatch --wait``) and wait for it; the
+    failures (empty if none). Interrupting the parent cancels the job (``scancel``)."""
+    if shutil.which("sbatch") is None:
         raise NscfateError(
-            f"search.workers={n}: {', '.join(failed)} failed; see their output above "
-            f"(rerun the same command to resume the study)"
+            "search.backend=slurm: sbatch is not on PATH (is this a SLURM login node?)"
         )
+    argv = sys.argv[1:] if argv is None else argv
+    script = sweep_dir / "workers.sbatch"
+    with atomic_write(script) as tmp:
+        tmp.write_text(slurm_script(n, sweep_dir, argv, job_name, options))
+    proc = subprocess.Popen(
+        ["sbatch", "--parsable", "--wait", str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    job = proc.stdout.readline().strip().split(";")[0]
+    log.info("SLURM job array %s: %d workers, logs %s/worker-<i>.log", job, n, sweep_dir)
+    try:
+        _, err = proc.communicate()
+    except BaseException:
+        if job:
+            subprocess.run(["scancel", job], check=False)
+        proc.kill()
+        raise
+    if not job:
+        raise NscfateError(f"search.backend=slurm: sbatch refused the job: {err.strip()[:300]}")
+    return [] if proc.returncode == 0 else [f"SLURM job {job} (exit {proc.returncode})"]
