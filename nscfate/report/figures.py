@@ -44,6 +44,11 @@ def oracle_by_day(metrics: dict[str, float], days: list[float]) -> dict[float, f
 
 def accuracy_figure(table: pd.DataFrame, oracle: dict[float, float], level: float) -> Figure:
     """Accuracy per day with its interval, the oracle's, and chance."""
+    with plt.rc_context({"font.size": 9}):
+        return _accuracy_figure(table, oracle, level)
+
+
+def _accuracy_figure(table: pd.DataFrame, oracle: dict[float, float], level: float) -> Figure:
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     err = [table["accuracy"] - table["ci_low"], table["ci_high"] - table["accuracy"]]
     ax.errorbar(
@@ -59,6 +64,7 @@ def accuracy_figure(table: pd.DataFrame, oracle: dict[float, float], level: floa
         ax.plot(days, [oracle[d] for d in days], "s--", color="grey", label="oracle (latents)")
     ax.axhline(1 / len(CLASSES), color="red", lw=0.8, ls=":", label="chance")
     ax.set_ylim(0, 1.02)
+    ax.set_xticks(list(table["day"]))
     ax.set_xlabel("day of culture")
     ax.set_ylabel("test accuracy")
     ax.set_title("accuracy by day against the oracle")

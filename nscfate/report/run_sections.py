@@ -79,6 +79,7 @@ def accuracy(run: RunData, n_boot: int, level: float) -> h.Section:
     by_day = accuracy_intervals(cells, n_boot, level)
     oracle = oracle_by_day(run.metrics, list(by_day["day"]))
     by_day["oracle"] = [oracle.get(d, float("nan")) for d in by_day["day"]]
+    by_day["day"] = [int(d) if float(d).is_integer() else d for d in by_day["day"]]
     body += h.image(
         png_bytes(accuracy_figure(by_day, oracle, level)),
         f"test accuracy per day, {level:.0%} bootstrap interval over cells "
