@@ -113,7 +113,8 @@ def postgres_db():
         pytest.skip("NSCFATE_TEST_POSTGRES is not set (CI sets it)")
     import sqlalchemy
 
-    admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    # pre-ping: a test may restart the server (tests/test_team_server.py), killing pooled connections
+    admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     made: list[str] = []
 
     def make() -> str:
