@@ -89,7 +89,7 @@ def gallery_figure(images: np.ndarray, maps: np.ndarray, cells: pd.DataFrame) ->
     rows = [f for f in CLASSES if (cells["label"] == f).any()]
     per_row = max(int((cells["label"] == f).sum()) for f in rows)
     fig, axes = plt.subplots(
-        len(rows), per_row, figsize=(1.3 * per_row, 1.55 * len(rows)), squeeze=False
+        len(rows), per_row, figsize=(max(1.3 * per_row, 4.0), 1.55 * len(rows) + 0.3), squeeze=False
     )
     for ax in axes.flat:
         ax.axis("off")
@@ -110,7 +110,7 @@ def gallery_figure(images: np.ndarray, maps: np.ndarray, cells: pd.DataFrame) ->
             transform=axes[r, 0].transAxes,
             fontsize=8,
         )
-    fig.suptitle("Grad-CAM of the predicted fate (rows: true fate)", fontsize=9)
+    fig.suptitle("Grad-CAM of the fate given\n(rows: true fate; red: wrong)", fontsize=8)
     fig.tight_layout()
     return fig
 
