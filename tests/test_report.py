@@ -129,6 +129,7 @@ def test_grad_cam_points_at_the_evidence():
     assert maps[0][16:, :12].max() < 0.05 and net[0].weight.grad is None  # net untouched
 
 
+@pytest.mark.slow
 def test_predict_cam_writes_one_map_per_crop(tracked, sample_pngs):
     from PIL import Image
 
