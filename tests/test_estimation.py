@@ -11,7 +11,7 @@ import torch
 
 from nscfate.errors import NscfateError
 from nscfate.estimation import ESTIMATION_KEY, EstimationSettings, FateEstimator, fit_estimator
-from nscfate.estimation.calibration import Calibration, fit_calibration
+from nscfate.estimation.calibration import Calibration, fit_calibration, fit_calibrations
 from nscfate.estimation.ood import fit_ood
 from nscfate.estimation.quantify import METHODS, Reference, estimate
 
@@ -33,6 +33,38 @@ def ece(probs, labels, bins=15):
         for b in range(bins)
         if (idx == b).any()
     )
+
+
+def weighted_nll_fit(logits, labels, weights, method):
+    """The textbook fit, one problem at a time: scipy's L-BFGS-B on the weighted NLL with
+    numerical gradients, for the calibration parameters of ``method``."""
+    from scipy.optimize import minimize
+    from scipy.special import log_softmax
+
+    n_scale, n_bias = (K if method == "vs" else 1), (K if method in ("bcts", "vs") else 0)
+    onehot, share = np.eye(K)[labels], weights / weights.sum()
+
+    def nll(theta):
+        scale, bias = np.exp(theta[:n_scale]), theta[n_scale:] if n_bias else 0.0
+        return -(log_softmax(logits * scale + bias, axis=1) * onehot * share[:, None]).sum()
+
+    theta = minimize(nll, np.zeros(n_scale + n_bias), method="L-BFGS-B", tol=1e-12).x
+    bias = theta[n_scale:] - theta[n_scale:].mean() if n_bias else np.zeros(K)
+    return np.broadcast_to(np.exp(theta[:n_scale]), (K,)), bias
+
+
+@pytest.mark.parametrize("method", ["ts", "bcts", "vs"])
+def test_bootstrap_refits_at_once_equal_one_fit_per_resample(method):
+    """The bootstrap's calibrations (count weights, all problems solved together) are each the
+    maximum-likelihood fit of its own resample."""
+    rng = np.random.default_rng(3)
+    logits, labels = simulate([0.5, 0.3, 0.2], 400, rng)
+    weights = np.stack([np.bincount(rng.integers(0, 400, 400), minlength=400) for _ in range(5)])
+    weights[0] = 1  # and the plain fit
+    fits = fit_calibrations(logits, labels, weights, method)
+    for fit, w in zip(fits, weights, strict=True):
+        scale, bias = weighted_nll_fit(logits, labels, w.astype(float), method)
+        assert np.allclose(fit.scale, scale, atol=1e-5) and np.allclose(fit.bias, bias, atol=1e-5)
 
 
 @pytest.mark.parametrize("method", ["ts", "bcts", "vs"])

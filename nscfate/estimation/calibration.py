@@ -11,13 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize
 from scipy.special import log_softmax
 
 from nscfate.errors import NscfateError
 
 METHODS = ("none", "ts", "bcts", "vs")
-#: Range of the fitted logit scale (1 / temperature) and of the class biases.
+#: Range of the fitted logit scale (1 / temperature) and of the (centred) class biases.
 MIN_SCALE, MAX_SCALE, MAX_BIAS = 0.05, 20.0, 10.0
 
 
@@ -62,7 +61,7 @@ def fit_calibration(
     method: str = "bcts",
     start: Calibration | None = None,
 ) -> Calibration:
-    """Fit ``method`` by minimising the negative log-likelihood of ``labels`` (L-BFGS-B, float64).
+    """Fit ``method`` by minimising the negative log-likelihood of ``labels`` (Newton, float64).
 
     ``start``: a fit of the same method to start from.
     """
@@ -77,7 +76,12 @@ def fit_calibrations(
     start: Calibration | None = None,
 ) -> list[Calibration]:
     """One calibration per row of ``weights`` (B, N): each minimises the weighted NLL of the same
-    cells. Bootstrap resamples are count weights, so B refits are one vectorised problem."""
+    cells. Bootstrap resamples are count weights, so B refits are one vectorised problem.
+
+    Damped Newton steps for all B problems at once (each has at most 2K parameters, so its
+    Hessian is tiny): about 10 iterations to convergence, where one L-BFGS on the stacked problem
+    took hundreds of evaluations and stopped short of each problem's own optimum.
+    """
     if method not in METHODS:
         raise NscfateError(f"calibration.method={method!r}: expected one of {', '.join(METHODS)}")
     z = np.asarray(logits, dtype=np.float64)
@@ -85,42 +89,150 @@ def fit_calibrations(
     k, b = z.shape[1], len(w)
     if method == "none":
         return [Calibration.identity(k)] * b
-    onehot = np.eye(k)[np.asarray(labels)]
-    n_scale, n_bias = (k if method == "vs" else 1), (k if method in ("bcts", "vs") else 0)
+    problem = _WeightedNll(z, np.eye(k)[np.asarray(labels)], w / w.sum(axis=1, keepdims=True))
+    problem.n_scale = k if method == "vs" else 1
+    problem.n_bias = k if method in ("bcts", "vs") else 0
     first = start or Calibration.identity(k)
-    start_scale = np.clip(first.scale[:n_scale], MIN_SCALE, MAX_SCALE)
-    start_bias = np.clip(first.bias[:n_bias], -MAX_BIAS, MAX_BIAS)
-    theta0 = np.tile(np.concatenate([np.log(start_scale), start_bias]), b)
-    share = w / w.sum(axis=1, keepdims=True)  # (B, N): each problem's mean over its cells
-
-    def nll(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        t = theta.reshape(b, n_scale + n_bias)
-        scale = np.exp(t[:, :n_scale])[:, None, :]  # (B, 1, 1 or K)
-        bias = t[:, None, n_scale:] if n_bias else 0.0  # (B, 1, K)
-        logp = log_softmax(z[None] * scale + bias, axis=2)  # (B, N, K)
-        residual = (np.exp(logp) - onehot[None]) * share[:, :, None]  # d loss / d logits
-        grad_scale = (residual * z[None]).sum(axis=1)  # (B, K)
-        if n_scale == 1:
-            grad_scale = grad_scale.sum(axis=1, keepdims=True)
-        grads = [grad_scale * scale[:, 0, :]]
-        if n_bias:
-            grads.append(residual.sum(axis=1))
-        loss = -(logp * onehot[None] * share[:, :, None]).sum()
-        return float(loss), np.concatenate(grads, axis=1).ravel()
-
-    # Bounded: on a few perfectly separated cells the likelihood keeps rising as the scale grows,
-    # and an unbounded search would run for thousands of steps toward an infinite scale.
-    bounds = (
-        [(np.log(MIN_SCALE), np.log(MAX_SCALE))] * n_scale + [(-MAX_BIAS, MAX_BIAS)] * n_bias
-    ) * b
-    fit = minimize(
-        nll, theta0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 500}
+    theta = np.tile(
+        np.concatenate(
+            [
+                np.log(np.clip(first.scale[: problem.n_scale], MIN_SCALE, MAX_SCALE)),
+                np.clip(first.bias[: problem.n_bias], -MAX_BIAS, MAX_BIAS),
+            ]
+        ),
+        (b, 1),
     )
-    theta = fit.x.reshape(b, n_scale + n_bias)
+    theta = _newton(problem, theta)
     out = []
     for t in theta:
-        scale = np.broadcast_to(np.exp(t[:n_scale]), (k,))
-        bias = t[n_scale:] - t[n_scale:].mean() if n_bias else np.zeros(k)
+        scale = np.broadcast_to(np.exp(t[: problem.n_scale]), (k,))
+        bias = t[problem.n_scale :] - t[problem.n_scale :].mean() if problem.n_bias else np.zeros(k)
         # softmax ignores a common shift of the biases: keep them centred
         out.append(Calibration(method, tuple(map(float, scale)), tuple(map(float, bias))))
     return out
+
+
+class _WeightedNll:
+    """B weighted negative log-likelihoods of ``softmax(z * exp(log_scale) + bias)`` over the
+    same cells; ``share`` (B, N) holds each problem's cell weights, summing to one."""
+
+    n_scale: int = 1
+    n_bias: int = 0
+
+    def __init__(self, z: np.ndarray, onehot: np.ndarray, share: np.ndarray) -> None:
+        self.z, self.onehot, self.share = z, onehot, share
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper bounds of the parameters (log scale, then bias)."""
+        low = [np.log(MIN_SCALE)] * self.n_scale + [-MAX_BIAS] * self.n_bias
+        high = [np.log(MAX_SCALE)] * self.n_scale + [MAX_BIAS] * self.n_bias
+        return np.array(low), np.array(high)
+
+    def logp(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-problem log-probabilities (B, N, K) and scales (B, 1, 1 or K)."""
+        scale = np.exp(theta[:, : self.n_scale])[:, None, :]
+        bias = theta[:, None, self.n_scale :] if self.n_bias else 0.0
+        return log_softmax(self.z[None] * scale + bias, axis=2), scale
+
+    def loss(self, theta: np.ndarray) -> np.ndarray:
+        """The B losses."""
+        logp, _ = self.logp(theta)
+        return -((logp * self.onehot[None]).sum(axis=2) * self.share).sum(axis=1)
+
+    def derivatives(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Losses (B,), gradients (B, P) and Hessians (B, P, P), in closed form per block
+        (scales, biases) so that nothing larger than (B, N, K) is formed."""
+        logp, scale = self.logp(theta)
+        p = np.exp(logp)
+        sh = self.share[:, :, None]
+        loss = -((logp * self.onehot[None]).sum(axis=2) * self.share).sum(axis=1)
+        a = self.z[None] * scale  # d logits / d log_scale (B, N, K)
+        pa = p * a
+        residual = (p - self.onehot[None]) * sh  # d loss / d logits
+        # Softmax curvature J^T (diag p - p p^T) J, summed over cells, block by block
+        tr = np.transpose
+        s_pa2, s_pa, s_p = (pa * a * sh).sum(axis=1), (pa * sh).sum(axis=1), (p * sh).sum(axis=1)
+        c_cc = np.matmul(tr(pa * sh, (0, 2, 1)), pa)  # sum of share * pa_j * pa_l
+        c_cp = np.matmul(tr(pa * sh, (0, 2, 1)), p)  # sum of share * pa_j * p_l
+        c_pp = np.matmul(tr(p * sh, (0, 2, 1)), p)
+        grad_b = residual.sum(axis=1)
+        if self.n_scale == 1:
+            grad_s = (residual * a).sum(axis=(1, 2))[:, None]
+            h_ss = (s_pa2.sum(axis=1) - c_cc.sum(axis=(1, 2)))[:, None, None]
+            h_sb = (s_pa - c_cp.sum(axis=1))[:, None, :]
+        else:
+            grad_s = (residual * a).sum(axis=1)
+            h_ss = _diag(s_pa2) - c_cc
+            h_sb = _diag(s_pa) - c_cp
+        # the exp parametrisation's second derivative: d^2 logits / d log_scale^2 = a
+        h_ss = h_ss + _diag(grad_s)
+        if not self.n_bias:
+            return loss, grad_s, h_ss
+        h_bb = _diag(s_p) - c_pp
+        top = np.concatenate([h_ss, h_sb], axis=2)
+        bottom = np.concatenate([tr(h_sb, (0, 2, 1)), h_bb], axis=2)
+        return loss, np.concatenate([grad_s, grad_b], axis=1), np.concatenate([top, bottom], 1)
+
+
+def _diag(v: np.ndarray) -> np.ndarray:
+    """(B, P) -> (B, P, P) diagonal matrices."""
+    return v[:, :, None] * np.eye(v.shape[1])
+
+
+def _newton(problem: _WeightedNll, theta: np.ndarray, max_iter: int = 100) -> np.ndarray:
+    """Projected, damped Newton iterations for every problem at once.
+
+    Parameters held at a bound by their gradient are fixed for the step; a step is halved until
+    the loss does not rise. The biases are
+    kept centred (softmax ignores their common shift), so their bound holds for centred values.
+    """
+    low, high = problem.bounds()
+    n_scale, n_params = problem.n_scale, theta.shape[1]
+    theta = _centred(theta, n_scale)
+    active = np.ones(len(theta), dtype=bool)
+    for _ in range(max_iter):
+        idx = np.flatnonzero(active)
+        if not len(idx):
+            break
+        sub = _rows(problem, idx)
+        here = theta[idx]
+        loss, grad, hess = sub.derivatives(here)
+        held = ((here <= low + 1e-12) & (grad > 0)) | ((here >= high - 1e-12) & (grad < 0))
+        free = (~held).astype(float)
+        grad = grad * free
+        hess = hess * free[:, :, None] * free[:, None, :] + np.eye(n_params) * (1 - free)[:, None]
+        # The loss is not convex in the log scale: shift the Hessian to positive definite where it
+        # is not (Levenberg-Marquardt), plus a small ridge for the biases' flat common shift.
+        lowest = np.linalg.eigvalsh(hess)[:, 0]
+        ridge = 1e-9 + 1e-6 * np.abs(hess).max(axis=(1, 2)) + np.maximum(-lowest, 0) * 1.5
+        step = -np.linalg.solve(hess + ridge[:, None, None] * np.eye(n_params), grad[..., None])
+        step = step[..., 0]
+        new = np.clip(_centred(here + step, n_scale), low, high)
+        new_loss = sub.loss(new)
+        for _ in range(30):
+            worse = new_loss > loss + 1e-15
+            if not worse.any():
+                break
+            step[worse] /= 2
+            new[worse] = np.clip(_centred(here[worse] + step[worse], n_scale), low, high)
+            new_loss[worse] = _rows(sub, np.flatnonzero(worse)).loss(new[worse])
+        better = new_loss <= loss + 1e-15
+        theta[idx] = np.where(better[:, None], new, here)
+        moved = np.abs(new - here).max(axis=1)
+        active[idx] = better & (moved > 1e-10) & (loss - new_loss > 1e-15)
+    return theta
+
+
+def _centred(theta: np.ndarray, n_scale: int) -> np.ndarray:
+    """The same calibrations with their biases shifted to mean zero."""
+    out = theta.copy()
+    if out.shape[1] > n_scale:
+        out[:, n_scale:] -= out[:, n_scale:].mean(axis=1, keepdims=True)
+    return out
+
+
+def _rows(problem: _WeightedNll, rows: np.ndarray) -> _WeightedNll:
+    """The same problem restricted to some of its B weightings."""
+    sub = _WeightedNll(problem.z, problem.onehot, problem.share[rows])
+    sub.n_scale, sub.n_bias = problem.n_scale, problem.n_bias
+    return sub
