@@ -99,8 +99,8 @@ def log_results(
 ) -> None:
     """Final metrics, dataset inputs, plots, predictions, checkpoint and the pyfunc model.
 
-    ``log_model=False`` (a sweep trial that cannot be promoted) leaves the pyfunc model out and
-    tags the run ``nscfate.model=on promotion``: ``nscfate-promote`` builds it from the logged
+    ``log_model=False`` (a sweep trial that cannot be promoted) leaves the pyfunc model and the
+    activation-map gallery out and tags the run ``nscfate.model=on promotion``: ``nscfate-promote`` builds it from the logged
     checkpoint if the run is ever promoted (``nscfate.tracking.registry``).
     """
     datamodule, evaluation = objects["datamodule"], objects["evaluation"]
@@ -112,7 +112,8 @@ def log_results(
     for fig, name in _figures(evaluation, oracle_by_day):
         mlflow.log_figure(fig, f"plots/{name}.png")
         plots.close(fig)
-    log_cam_gallery(cfg, objects)
+    if log_model:  # like the model: a trial that cannot be promoted is not looked at closely
+        log_cam_gallery(cfg, objects)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tables = {
