@@ -241,3 +241,17 @@ def test_dataset_input_survives_a_concurrent_insert(monkeypatch):
     )
     with pytest.raises(MlflowException, match="boom"):
         record._log_input(object(), "dataset", {})
+
+
+def test_model_logging_is_warmed_off_the_critical_path():
+    """The environment scan MLflow does when it logs a model (every installed distribution's file
+    list) runs in a thread started with the run, so it overlaps training instead of following it."""
+    from mlflow.utils import requirements_utils
+
+    from nscfate.tracking.pyfunc import warm_model_logging
+
+    requirements_utils._MODULES_TO_PACKAGES = None
+    thread = warm_model_logging()
+    assert thread is not None and thread.daemon
+    thread.join(timeout=120)
+    assert "torch" in requirements_utils._MODULES_TO_PACKAGES

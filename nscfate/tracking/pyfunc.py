@@ -10,6 +10,7 @@ predicted ``fate``, raw ``logit_*`` (what the fraction correction works on), ``o
 from __future__ import annotations
 
 import json
+import threading
 import warnings
 from pathlib import Path
 
@@ -99,6 +100,23 @@ def signature() -> ModelSignature:
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1))]), outputs=outputs
     )
+
+
+def warm_model_logging() -> threading.Thread | None:
+    """Start, in a daemon thread, the one slow step of logging a pyfunc model that does not depend
+    on the model: MLflow's map of installed packages, which it builds to check the model's
+    requirements against this environment by reading every installed distribution's file list
+    (seconds with torch installed). Started when a run starts, it overlaps training instead of
+    following it; a sweep worker builds it once."""
+    try:
+        from mlflow.utils.requirements_utils import _init_modules_to_packages_map
+    except ImportError:  # another MLflow release: logging still works, the map is built then
+        return None
+    thread = threading.Thread(
+        target=_init_modules_to_packages_map, name="nscfate-warm-model-logging", daemon=True
+    )
+    thread.start()
+    return thread
 
 
 def log_fate_model(

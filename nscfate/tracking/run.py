@@ -22,6 +22,7 @@ from nscfate.evaluation.evaluate import oracle_metrics, oracle_scores
 from nscfate.evaluation.health import RunWarning
 from nscfate.redact import redact
 from nscfate.tracking.connection import connect
+from nscfate.tracking.pyfunc import warm_model_logging
 from nscfate.tracking.record import git_tags, log_config, log_results, log_warnings
 from nscfate.training.train import prepare, train
 
@@ -67,6 +68,8 @@ def tracked_train(
     if rank_zero_only.rank != 0:  # DDP workers train but never log
         metrics, _ = train(cfg, callbacks=callbacks, datamodule=datamodule)
         return TrackedRun(float("nan"), metrics, None)
+    if cfg.tracking.get("log_model", True):
+        warm_model_logging()
     experiment_id = connect(
         cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_location
     )
