@@ -44,7 +44,9 @@ def check_in_chromium(report: Path, profile: Path, shot: str) -> dict[str, int]:
 def test_a_preset_runs_report_renders_in_chromium(tmp_path, data_dir):
     from nscfate.tracking.run import tracked_train
 
-    cfg = compose_train(tmp_path, data_dir, "experiment=time_course", "trainer.max_epochs=2")
+    cfg = compose_train(
+        tmp_path, data_dir, "experiment=time_course", "trainer.max_epochs=2", "cam.per_group=1"
+    )
     result = tracked_train(cfg)
     report = tmp_path / "report.html"
     proc = subprocess.run(
@@ -62,5 +64,5 @@ def test_a_preset_runs_report_renders_in_chromium(tmp_path, data_dir):
     assert proc.returncode == 0, proc.stderr[-2000:]
     counts = check_in_chromium(report, tmp_path / "profile", "report.png")
     assert counts["accuracy"] == 1 and counts["confusion"] == 1 and counts["calibration"] == 1
-    assert counts["fractions"] == 1 and counts["provenance"] == 1
+    assert counts["fractions"] == 1 and counts["provenance"] == 1 and counts["cam"] == 1
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000
