@@ -137,3 +137,18 @@ def test_the_slurm_array_runs_one_worker_per_task(tmp_path):
     assert run.startswith("exec ") and "'optimizer.lr=choice(0.1,0.2)'" in run
     assert "search.backend=local" in run and "search.backend=slurm" not in run
     assert run.endswith(f'"hydra.sweep.dir={tmp_path}/worker-$SLURM_ARRAY_TASK_ID"')
+
+
+def test_an_unreachable_storage_is_not_waited_for_even_after_another_was_reached():
+    import time
+
+    from nscfate.search.storage import mark_started, storage_lock
+
+    mark_started("postgresql+psycopg2://postgres@127.0.0.1:5432/reached")  # an earlier sweep's
+    start = time.monotonic()
+    with (
+        pytest.raises(NscfateError, match="127.0.0.1:9/nowhere is unreachable"),
+        storage_lock("postgresql+psycopg2://nobody@127.0.0.1:9/nowhere", "study"),
+    ):
+        pass
+    assert time.monotonic() - start < 5

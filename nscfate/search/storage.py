@@ -216,7 +216,7 @@ def _advisory_lock(url: str, study_name: str) -> Iterator[None]:
     )
     key = int(_key(study_name), 16) & 0x7FFFFFFFFFFFFFFF
     try:  # a server that is restarting is waited for; one never reached is an error at once
-        conn = retry_outage(engine.connect, "storage lock", seconds=_outage_allowance())
+        conn = retry_outage(engine.connect, "storage lock", seconds=_outage_allowance(url))
     except Exception as err:
         raise NscfateError(
             f"search.storage={url} is unreachable: {str(err).splitlines()[0]}"
@@ -234,18 +234,18 @@ def _advisory_lock(url: str, study_name: str) -> Iterator[None]:
                 log.warning("storage lock: connection lost while held: %s", _first_line(err))
 
 
-#: Set while a sweep runs (the storage answered before): waiting out an outage is worth it then.
-_STARTED = {"value": False}
+#: Storages this process reached once: waiting out an outage of one of them is worth it.
+_REACHED: set[str] = set()
 
 
-def mark_started() -> None:
-    """Tell the storage lock that this process reached its storage once, so later connection
-    failures are outages to wait out rather than a wrong URL to report at once."""
-    _STARTED["value"] = True
+def mark_started(url: str) -> None:
+    """Tell the storage lock that this process reached ``url`` once, so later connection
+    failures there are outages to wait out rather than a wrong URL to report at once."""
+    _REACHED.add(url)
 
 
-def _outage_allowance() -> float:
-    return OUTAGE_SECONDS if _STARTED["value"] else 0.0
+def _outage_allowance(url: str) -> float:
+    return OUTAGE_SECONDS if url in _REACHED else 0.0
 
 
 def _key(study_name: str) -> str:

@@ -91,7 +91,7 @@ class OptunaSweeper:
         # (creating an MLflow client migrates its database), so all of that happens under the lock.
         with storage_lock(search.storage, name):
             study = load_study(search, space, name, max_epochs=self.config.trainer.max_epochs)
-            mark_started()  # from now on a lost database connection is an outage to wait out
+            mark_started(search.storage)  # now a lost connection is an outage to wait out
             experiment_id = connect(
                 self.config.tracking.uri,
                 self.config.tracking.experiment,
