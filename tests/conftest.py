@@ -141,6 +141,21 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
+@pytest.fixture(scope="session")
+def tracked_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path):
+    """One tiny tracked run (3 epochs on the tiny store, with a CAM gallery) in its own SQLite
+    MLflow store, shared by the tests that read what a run logged: ``(cfg, result, tmp)``."""
+    import matplotlib.pyplot as plt
+
+    from nscfate.tracking.run import tracked_train
+
+    tmp = tmp_path_factory.mktemp("tracked")
+    cfg = compose_train(tmp, data_dir, "trainer.max_epochs=3", "cam.per_group=1")
+    result = tracked_train(cfg)
+    assert plt.get_fignums() == []  # every figure the run drew was closed (CAM gallery too)
+    return cfg, result, tmp
+
+
 #: A tiny synthetic store, read in-process, with a fixed batch size (not the recipe's auto) and
 #: 20 bootstrap rounds for the fate-fraction intervals (200 by default), no Grad-CAM gallery.
 TINY_DATA = [

@@ -12,23 +12,16 @@ from mlflow import MlflowClient
 
 from nscfate.report.figures import accuracy_intervals
 
-from .conftest import compose_train, run_cli
+from .conftest import run_cli
 
 #: Every section a run's report has (section ids).
 RUN_SECTIONS = ("provenance", "accuracy", "confusion", "calibration", "fractions", "cam")
 
 
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory, data_dir):
-    """One tiny tracked run (2 epochs on the tiny store), shared by this module's tests."""
-    from nscfate.tracking.run import tracked_train
-
-    tmp = tmp_path_factory.mktemp("report")
-    cfg = compose_train(tmp, data_dir, "quantify.n_boot=10", "cam.per_group=1")
-    result = tracked_train(cfg)
-    import matplotlib.pyplot as plt
-
-    assert plt.get_fignums() == []  # the CAM gallery's figure is closed too
+def tracked(tracked_run):
+    """The session's tiny tracked run (conftest), as this module reads it."""
+    cfg, result, tmp = tracked_run
     return result, cfg.tracking.uri, tmp
 
 

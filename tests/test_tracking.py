@@ -19,12 +19,8 @@ from .conftest import compose_train
 
 
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory, data_dir):
-    from nscfate.tracking.run import tracked_train
-
-    tmp = tmp_path_factory.mktemp("tracked")
-    cfg = compose_train(tmp, data_dir, "trainer.max_epochs=3")
-    result = tracked_train(cfg)
+def tracked(tracked_run):
+    cfg, result, _ = tracked_run
     client = MlflowClient(cfg.tracking.uri)
     return cfg, result, client, client.get_run(result.run_id)
 
