@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from .conftest import console_script
+from .conftest import console_script, run_cli
 
 CLI = console_script("nscfate-data")
 
@@ -91,10 +91,17 @@ def test_ingest_real_samples(sample_tree, tmp_path):
     ],
 )
 def test_bad_input_one_line_no_traceback_no_output(tmp_path, args, message):
+    """The first case as a real process (exit status, the installed entry point), the others
+    through the same ``main`` in this process."""
     (tmp_path / "empty").mkdir()
     (tmp_path / "m.csv").write_text("file,class\nx.png,neuron\n")
-    proc = run(*[a.format(tmp=tmp_path) for a in args], ok=False)
-    assert proc.returncode == 1
-    assert message in proc.stderr and "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    argv = [a.format(tmp=tmp_path) for a in args]
+    if message == "does not exist":
+        proc = run(*argv, ok=False)
+        code, stderr = proc.returncode, proc.stderr
+    else:
+        code, _, stderr = run_cli("data", *argv)
+    assert code == 1
+    assert message in stderr and "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()
