@@ -78,7 +78,7 @@ def test_sweep_resumes_to_the_total_and_mirrors_in_mlflow(tmp_path, data_dir):
         "model=choice(small_cnn,mobilenetv3_small_100)",
         "optimizer.lr=tag(log,interval(1e-4,1e-2))",
     ]
-    run(sweep_cmd(tmp_path, data_dir, "resume", storage, *space, "search.n_trials=1"))
+    run(sweep_cmd(tmp_path, data_dir, "resume", storage, *space, "search.n_trials=1", epochs=1))
     out = run(
         sweep_cmd(
             tmp_path,
@@ -88,6 +88,7 @@ def test_sweep_resumes_to_the_total_and_mirrors_in_mlflow(tmp_path, data_dir):
             *space,
             "search.n_trials=2",
             "search.register_best=true",
+            epochs=1,
         )
     )
     study = optuna.load_study(study_name="resume", storage=storage)
@@ -214,7 +215,7 @@ def test_failing_trials_are_isolated_and_nan_is_a_failure(tmp_path, data_dir):
         "search.max_failure_rate=1.0",
     ]
     proc = run_in_process(
-        sweep_cmd(tmp_path, data_dir, "failing", storage, *space, "search.n_trials=4")
+        sweep_cmd(tmp_path, data_dir, "failing", storage, *space, "search.n_trials=4", epochs=1)
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = optuna.load_study(study_name="failing", storage=storage)
