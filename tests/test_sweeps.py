@@ -78,7 +78,11 @@ def test_sweep_resumes_to_the_total_and_mirrors_in_mlflow(tmp_path, data_dir):
         "model=choice(small_cnn,mobilenetv3_small_100)",
         "optimizer.lr=tag(log,interval(1e-4,1e-2))",
     ]
-    run(sweep_cmd(tmp_path, data_dir, "resume", storage, *space, "search.n_trials=1", epochs=1))
+    # the first sweep in this process, the resumed one as a real process (its terminal output)
+    first = run_in_process(
+        sweep_cmd(tmp_path, data_dir, "resume", storage, *space, "search.n_trials=1", epochs=1)
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
     out = run(
         sweep_cmd(
             tmp_path,
