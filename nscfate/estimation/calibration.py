@@ -89,9 +89,13 @@ def fit_calibrations(
     k, b = z.shape[1], len(w)
     if method == "none":
         return [Calibration.identity(k)] * b
-    problem = _WeightedNll(z, np.eye(k)[np.asarray(labels)], w / w.sum(axis=1, keepdims=True))
-    problem.n_scale = k if method == "vs" else 1
-    problem.n_bias = k if method in ("bcts", "vs") else 0
+    problem = _WeightedNll(
+        z,
+        np.eye(k)[np.asarray(labels)],
+        w / w.sum(axis=1, keepdims=True),
+        n_scale=k if method == "vs" else 1,
+        n_bias=k if method in ("bcts", "vs") else 0,
+    )
     first = start or Calibration.identity(k)
     theta = np.tile(
         np.concatenate(
@@ -116,11 +120,11 @@ class _WeightedNll:
     """B weighted negative log-likelihoods of ``softmax(z * exp(log_scale) + bias)`` over the
     same cells; ``share`` (B, N) holds each problem's cell weights, summing to one."""
 
-    n_scale: int = 1
-    n_bias: int = 0
-
-    def __init__(self, z: np.ndarray, onehot: np.ndarray, share: np.ndarray) -> None:
+    def __init__(
+        self, z: np.ndarray, onehot: np.ndarray, share: np.ndarray, n_scale: int, n_bias: int
+    ) -> None:
         self.z, self.onehot, self.share = z, onehot, share
+        self.n_scale, self.n_bias = n_scale, n_bias
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper bounds of the parameters (log scale, then bias)."""
@@ -233,6 +237,6 @@ def _centred(theta: np.ndarray, n_scale: int) -> np.ndarray:
 
 def _rows(problem: _WeightedNll, rows: np.ndarray) -> _WeightedNll:
     """The same problem restricted to some of its B weightings."""
-    sub = _WeightedNll(problem.z, problem.onehot, problem.share[rows])
-    sub.n_scale, sub.n_bias = problem.n_scale, problem.n_bias
-    return sub
+    return _WeightedNll(
+        problem.z, problem.onehot, problem.share[rows], problem.n_scale, problem.n_bias
+    )
