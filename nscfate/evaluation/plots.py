@@ -39,17 +39,28 @@ def confusion_figure(matrix: np.ndarray, title: str = "test confusion matrix") -
 
 
 def accuracy_by_day_figure(
-    accuracy: dict[float, float], oracle: dict[float, float] | None = None
+    accuracy: dict[float, float],
+    oracle: dict[float, float] | None = None,
+    interval: tuple[dict[float, float], dict[float, float]] | None = None,
+    level: float = 0.95,
 ) -> Figure:
-    """Test accuracy per culture day (and the latent oracle's, when known)."""
+    """Test accuracy per culture day (and the latent oracle's, when known); ``interval`` (low and
+    high per day) draws the model's ``level`` interval as error bars."""
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
     days = sorted(accuracy)
-    ax.plot(days, [accuracy[d] for d in days], "o-", label="model")
+    acc = np.array([accuracy[d] for d in days])
+    if interval is None:
+        ax.plot(days, acc, "o-", label="model")
+    else:
+        low, high = (np.array([bound[d] for d in days]) for bound in interval)
+        err = [acc - low, high - acc]
+        ax.errorbar(days, acc, yerr=err, fmt="o-", capsize=4, label=f"model ({level:.0%} interval)")
     if oracle:
         od = sorted(oracle)
         ax.plot(od, [oracle[d] for d in od], "s--", color="grey", label="oracle (latents)")
     ax.axhline(1 / len(CLASSES), color="red", lw=0.8, ls=":", label="chance")
     ax.set_ylim(0, 1.02)
+    ax.set_xticks(days)
     ax.set_xlabel("day of culture")
     ax.set_ylabel("test accuracy")
     ax.set_title("accuracy by day")

@@ -14,9 +14,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from nscfate.data.schema import CLASSES  # noqa: E402
 from nscfate.data.splits import TEST  # noqa: E402
 from nscfate.evaluation.evaluate import day_metric  # noqa: E402
+from nscfate.evaluation.plots import accuracy_by_day_figure  # noqa: E402
 
 
 def accuracy_intervals(
@@ -43,34 +43,11 @@ def oracle_by_day(metrics: dict[str, float], days: list[float]) -> dict[float, f
 
 
 def accuracy_figure(table: pd.DataFrame, oracle: dict[float, float], level: float) -> Figure:
-    """Accuracy per day with its interval, the oracle's, and chance."""
+    """Accuracy per day with its interval, the oracle's, and chance (the run's own figure)."""
+    by_day = table.set_index("day")
+    columns = [by_day[c].to_dict() for c in ("accuracy", "ci_low", "ci_high")]
     with plt.rc_context({"font.size": 9}):
-        return _accuracy_figure(table, oracle, level)
-
-
-def _accuracy_figure(table: pd.DataFrame, oracle: dict[float, float], level: float) -> Figure:
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    err = [table["accuracy"] - table["ci_low"], table["ci_high"] - table["accuracy"]]
-    ax.errorbar(
-        table["day"],
-        table["accuracy"],
-        yerr=err,
-        fmt="o-",
-        capsize=4,
-        label=f"model ({level:.0%} interval)",
-    )
-    if oracle:
-        days = sorted(oracle)
-        ax.plot(days, [oracle[d] for d in days], "s--", color="grey", label="oracle (latents)")
-    ax.axhline(1 / len(CLASSES), color="red", lw=0.8, ls=":", label="chance")
-    ax.set_ylim(0, 1.02)
-    ax.set_xticks(list(table["day"]))
-    ax.set_xlabel("day of culture")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("accuracy by day against the oracle")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+        return accuracy_by_day_figure(columns[0], oracle, (columns[1], columns[2]), level)
 
 
 def png_bytes(fig: Figure) -> bytes:
