@@ -59,6 +59,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_trials(study: str, storage: str, proc, ready, timeout: float, what: str) -> list:
+    """Poll the Optuna ``study`` while ``proc`` (a running sweep) lives, until ``ready(trials)``
+    is true; returns the trials of that moment. Fails the test naming ``what`` it waited for."""
+    import time
+
+    import optuna
+
+    from nscfate.search.storage import open_storage
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        try:
+            trials = optuna.load_study(study_name=study, storage=open_storage(storage)).trials
+        except KeyError:  # the sweep has not created its study yet
+            continue
+        if ready(trials):
+            return trials
+    ended = proc.stdout.read()[-3000:] if proc.poll() is not None and proc.stdout else ""
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} {ended}")
+
+
 @pytest.fixture(scope="session")
 def sample_pngs() -> list[Path]:
     """The six real 45x30 crops from Zhu et al. 2021 (shared/samples/zhu2021)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from optuna.trial import TrialState
 
 from nscfate.search.storage import open_storage, standing_trials
 
-from .conftest import REPO, TINY_DATA, console_script
+from .conftest import REPO, TINY_DATA, console_script, wait_for_trials
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -56,23 +55,23 @@ def _task_of(pid: int) -> str | None:
 def _cancel_a_task_mid_trial(study: str, storage: str, sweep: subprocess.Popen) -> list:
     """Wait until trials of two array tasks run at once and one of them is in its second
     epoch; cancel that task. Returns the trials as they were at that moment."""
-    deadline = time.time() + 400
-    while time.time() < deadline and sweep.poll() is None:
-        time.sleep(0.5)
-        try:
-            trials = optuna.load_study(study_name=study, storage=open_storage(storage)).trials
-        except KeyError:
-            continue
+    victim: list[str] = []
+
+    def two_tasks_one_in_epoch_two(trials: list) -> bool:
         running = [t for t in trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
         tasks = {
             t.number: _task_of(int(t.user_attrs["worker"].rpartition(":")[2])) for t in running
         }
         victims = [t for t in running if t.user_attrs.get("epochs", 0) >= 2 and tasks[t.number]]
         if len({v for v in tasks.values() if v}) >= 2 and victims:
-            subprocess.run(["scancel", tasks[victims[0].number]], check=True)
-            return trials
-    ended = sweep.stdout.read()[-3000:] if sweep.poll() is not None else "(still running)"
-    pytest.fail(f"no two array tasks ran trials at once: {ended}")
+            victim.append(tasks[victims[0].number])
+        return bool(victim)
+
+    trials = wait_for_trials(
+        study, storage, sweep, two_tasks_one_in_epoch_two, 400, "two array tasks running trials"
+    )
+    subprocess.run(["scancel", victim[0]], check=True)
+    return trials
 
 
 def test_a_sweep_as_a_slurm_job_array_survives_a_cancelled_task(

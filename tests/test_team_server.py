@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 
 from nscfate.search.storage import open_storage, standing_trials
 
-from .conftest import TINY_DATA, console_script, free_port
+from .conftest import TINY_DATA, console_script, free_port, wait_for_trials
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(600)]
 USER = "lab-admin"
@@ -252,18 +252,12 @@ def _fault_sweep(tmp: Path, data_dir: Path, server: TrackingServer, storage: str
 
 
 def _wait_for_second_epoch(study: str, storage: str, proc: subprocess.Popen) -> None:
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        try:
-            trials = optuna.load_study(study_name=study, storage=open_storage(storage)).trials
-        except KeyError:
-            continue
-        if any(
+    def in_epoch_two(trials: list) -> bool:
+        return any(
             t.state == TrialState.RUNNING and t.user_attrs.get("epochs", 0) >= 2 for t in trials
-        ):
-            return
-    pytest.fail("no trial reached its second epoch")
+        )
+
+    wait_for_trials(study, storage, proc, in_epoch_two, 300, "a trial in its second epoch")
 
 
 def _assert_complete(study_name: str, storage: str, server: TrackingServer, n: int) -> None:
