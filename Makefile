@@ -10,6 +10,9 @@ UI_PORT ?= 5000
 SERVE_PORT ?= 5001
 SERVE_MODEL ?= models:/nscfate@champion
 PYTEST_ARGS ?=
+# make test's pytest-xdist workers (one per core; 0 runs in one process). Whole files go to one worker
+# so a module's expensive fixture (the registry's champion) is built once.
+TEST_WORKERS ?= auto
 
 .PHONY: help venv demo ui serve tracking-server slurm browser test test-slow test-all lint format bench bench-sweep clean
 
@@ -83,7 +86,7 @@ browser: /usr/bin/chromium
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
 
 test: $(VENV)/.installed-test | browser
-	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The long end-to-end and fault tests (a lab export trained with the defaults, the browser, killed
 # workers, DDP, planted passwords, debug presets on the default data): CI runs them after make test.

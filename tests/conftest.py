@@ -12,6 +12,13 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # make test runs one pytest-xdist worker per core: one thread each (and in their subprocesses),
+    # or two workers' thread pools spin against each other on the same cores
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO.parent / "shared" / "samples" / "zhu2021"
