@@ -15,6 +15,7 @@ on pixel centres) and one bilinear interpolation for the whole chain.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -140,9 +141,53 @@ def _affine(t: A.Affine) -> Warp | None:
     return Warp(matrices, t.border_mode, float(t.fill))
 
 
+@functools.cache
+def _pixel_grid(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """3 x (H*W) homogeneous (x, y, 1) coordinates of the pixel centres, row by row (float64)."""
+    gy, gx = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64, device=device),
+        torch.arange(w, dtype=torch.float64, device=device),
+        indexing="ij",
+    )
+    return torch.stack([gx.flatten(), gy.flatten(), torch.ones_like(gx.flatten())])
+
+
 def warp(x: torch.Tensor, forward: torch.Tensor, border: int | None, fill: float) -> torch.Tensor:
     """Resample crops ``x`` (N x H x W) so that source pixel p lands at ``forward @ p``: each output
-    pixel is read (bilinearly) at ``inverse(forward) @ p'``, as cv2.warpAffine does."""
+    pixel is read at ``inverse(forward) @ p'``, as cv2.warpAffine does. A crop whose inverse has
+    whole-number entries (flips, quarter turns) is a reordering of its pixels and is read exactly
+    by index; every other crop is read bilinearly (``grid_sample``)."""
+    backward = torch.linalg.inv(forward)
+    whole = (backward - backward.round()).abs().amax((1, 2)) < 1e-9
+    if bool(whole.all()):
+        return _reorder(x, backward.round(), border, fill)
+    if not bool(whole.any()):
+        return _resample(x, backward, border, fill)
+    out = torch.empty_like(x)
+    out[whole] = _reorder(x[whole], backward[whole].round(), border, fill)
+    out[~whole] = _resample(x[~whole], backward[~whole], border, fill)
+    return out
+
+
+def _reorder(
+    x: torch.Tensor, backward: torch.Tensor, border: int | None, fill: float
+) -> torch.Tensor:
+    """Crops moved by whole-number matrices: one gather by a source-pixel table per distinct matrix
+    (eight at most for flips and quarter turns). Reads from outside the crop need the border
+    rule: those crops go to ``grid_sample`` with nearest reads, which is exact too."""
+    m, h, w = x.shape
+    mats, which = torch.unique(backward.reshape(m, 9), dim=0, return_inverse=True)
+    src = (mats.reshape(-1, 3, 3)[:, :2] @ _pixel_grid(h, w, x.device)).round().long()
+    sx, sy = src[:, 0], src[:, 1]
+    if not bool(((sx >= 0) & (sx < w) & (sy >= 0) & (sy < h)).all()):
+        return _resample(x, backward, border, fill, mode="nearest")
+    table = sy * w + sx  # distinct matrices x (H*W): the source pixel of every output pixel
+    return x.reshape(m, h * w).gather(1, table[which]).reshape(m, h, w)
+
+
+def _resample(
+    x: torch.Tensor, backward: torch.Tensor, border: int | None, fill: float, mode: str = "bilinear"
+) -> torch.Tensor:
     n, h, w = x.shape
     # pixel -> grid_sample's [-1, 1] coordinates (align_corners=False) and back
     to_unit = torch.tensor(
@@ -150,14 +195,14 @@ def warp(x: torch.Tensor, forward: torch.Tensor, border: int | None, fill: float
         dtype=torch.float64,
         device=x.device,
     )
-    theta = to_unit @ torch.linalg.inv(forward) @ torch.linalg.inv(to_unit)
+    theta = to_unit @ backward @ torch.linalg.inv(to_unit)
     grid = F.affine_grid(theta[:, :2].to(x.dtype), [n, 1, h, w], align_corners=False)
     padding = _PADDING[border] if border is not None else "border"
     shifted = x - fill if fill else x  # zeros padding around the fill value
     out = F.grid_sample(
-        shifted[:, None], grid, mode="bilinear", padding_mode=padding, align_corners=False
-    )[:, 0]
-    return out + fill if fill else out
+        shifted[:, None], grid, mode=mode, padding_mode=padding, align_corners=False
+    )
+    return out[:, 0] + fill if fill else out[:, 0]
 
 
 #: albumentations transform name -> builder of its batched twin (None: an option it cannot follow).
