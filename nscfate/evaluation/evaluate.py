@@ -44,20 +44,40 @@ from nscfate.models import classifier_of
 
 PROB_COLUMNS = [f"p_{c}" for c in CLASSES]
 LOGIT_COLUMNS = [f"logit_{c}" for c in CLASSES]
-TEST_METRICS: tuple[str, ...] = (
-    "test/acc",
-    "test/f1_macro",
-    "test/auroc",
-    "test/ece",
-    "test/ece_uncalibrated",
-    "test/ood_frac",
+# Every metric name a run logs is made here.
+#: What the LightningModule logs while fitting, per epoch (val/f1_macro_best: the best epoch so far).
+TRAIN_PREFIX, VAL_PREFIX = "train/", "val/"
+TRAIN_LOSS, TRAIN_ACC = f"{TRAIN_PREFIX}loss", f"{TRAIN_PREFIX}acc"
+VAL_LOSS, VAL_ACC, VAL_F1 = f"{VAL_PREFIX}loss", f"{VAL_PREFIX}acc", f"{VAL_PREFIX}f1_macro"
+VAL_F1_BEST = f"{VAL_F1}_best"
+FIT_METRICS: tuple[str, ...] = (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC, VAL_F1, VAL_F1_BEST)
+#: Prefixes after fitting: the test split, the held-out (independent) conditions, the latent oracle.
+TEST_PREFIX, INDEP_PREFIX, ORACLE_PREFIX = "test/", "indep/", "oracle/"
+TEST_ACC, TEST_F1, TEST_AUROC = f"{TEST_PREFIX}acc", f"{TEST_PREFIX}f1_macro", f"{TEST_PREFIX}auroc"
+TEST_ECE, TEST_ECE_RAW, TEST_OOD = (
+    f"{TEST_PREFIX}ece",
+    f"{TEST_PREFIX}ece_uncalibrated",
+    f"{TEST_PREFIX}ood_frac",
 )
-FRACTION_SUMMARY: tuple[str, ...] = ("indep/frac_mae_raw", "indep/frac_mae", "indep/frac_max_err")
+TEST_METRICS: tuple[str, ...] = (TEST_ACC, TEST_F1, TEST_AUROC, TEST_ECE, TEST_ECE_RAW, TEST_OOD)
+#: Fate-fraction error over held-out conditions x fates: counted, corrected, worst corrected.
+FRAC_MAE_RAW, FRAC_MAE, FRAC_MAX_ERR = (
+    f"{INDEP_PREFIX}frac_{k}" for k in ("mae_raw", "mae", "max_err")
+)
+FRACTION_SUMMARY: tuple[str, ...] = (FRAC_MAE_RAW, FRAC_MAE, FRAC_MAX_ERR)
+ORACLE_ACC, ORACLE_F1 = f"{ORACLE_PREFIX}acc", f"{ORACLE_PREFIX}f1_macro"
 #: The latent oracle's fate-fraction error with the run's own correction (synthetic data only).
 ORACLE_FRACTIONS: tuple[str, ...] = ("frac_mae", "frac_max_err")
+ORACLE_FRAC_MAE, ORACLE_FRAC_MAX_ERR = (f"{ORACLE_PREFIX}{k}" for k in ORACLE_FRACTIONS)
+#: The per-day and per-condition names, as an error message lists them.
+DYNAMIC_METRICS = (
+    f"{TEST_PREFIX}acc_day<d>",
+    f"{INDEP_PREFIX}<condition>/pred_frac_<class>",
+    f"{INDEP_PREFIX}<condition>/est_frac_<class>",
+)
 _CLASS = "(" + "|".join(CLASSES) + ")"
 _DYNAMIC = re.compile(
-    rf"^(test/acc_day[\d.]+|indep/[^/]+/((pred|true)_frac_{_CLASS}|est_frac_{_CLASS}(_lo|_hi)?|ood_frac))$"
+    rf"^({TEST_PREFIX}acc_day[\d.]+|{INDEP_PREFIX}[^/]+/((pred|true)_frac_{_CLASS}|est_frac_{_CLASS}(_lo|_hi)?|ood_frac))$"
 )
 #: Columns of a fate-fraction table (one row per group x fate), after the grouping columns.
 FRACTION_COLUMNS = ("fate", "n_cells", "raw_frac", "est_frac", "ci_low", "ci_high", "ood_frac")
@@ -219,7 +239,7 @@ def attach_cells(predictions: pd.DataFrame, index: pd.DataFrame, split: pd.Serie
     return out
 
 
-def classification_metrics(cells: pd.DataFrame, prefix: str = "test/") -> dict[str, float]:
+def classification_metrics(cells: pd.DataFrame, prefix: str = TEST_PREFIX) -> dict[str, float]:
     """Accuracy, macro-F1, macro-AUROC, calibration error (and, given logits, before calibration),
     OOD share (given OOD flags) and accuracy per day of labelled cells."""
     cells = cells[cells["label"] != ""]
@@ -312,7 +332,7 @@ def fraction_metrics(fractions: pd.DataFrame) -> dict[str, float]:
     """Per-condition metrics of a fractions table (grouped by condition) and the error summary."""
     metrics: dict[str, float] = {}
     for row in fractions.to_dict("records"):
-        base, fate = f"indep/{safe_name(row['condition'])}", row["fate"]
+        base, fate = f"{INDEP_PREFIX}{safe_name(row['condition'])}", row["fate"]
         metrics |= {
             f"{base}/pred_frac_{fate}": row["raw_frac"],
             f"{base}/est_frac_{fate}": row["est_frac"],
@@ -328,9 +348,9 @@ def fraction_metrics(fractions: pd.DataFrame) -> dict[str, float]:
         raw_err = (known["raw_frac"] - known["true_frac"]).abs()
         err = (known["est_frac"] - known["true_frac"]).abs()
         metrics |= {
-            "indep/frac_mae_raw": float(raw_err.mean()),
-            "indep/frac_mae": float(err.mean()),
-            "indep/frac_max_err": float(err.max()),
+            FRAC_MAE_RAW: float(raw_err.mean()),
+            FRAC_MAE: float(err.mean()),
+            FRAC_MAX_ERR: float(err.max()),
         }
     return metrics
 
@@ -439,7 +459,7 @@ def oracle_fraction_errors(
         predicted=np.asarray(CLASSES)[logits.argmax(axis=1)],
     )
     summary = fraction_metrics(fate_fractions(cells, estimator))
-    return {k: summary[f"indep/{k}"] for k in ORACLE_FRACTIONS}
+    return {k: summary[f"{INDEP_PREFIX}{k}"] for k in ORACLE_FRACTIONS}
 
 
 def oracle_metrics(oracle: dict[str, Any]) -> dict[str, float]:
@@ -447,6 +467,6 @@ def oracle_metrics(oracle: dict[str, Any]) -> dict[str, float]:
     conditions, ``oracle/frac_mae`` and ``oracle/frac_max_err`` from the oracle's scores."""
     if not oracle:
         return {}
-    by_day = {day_metric("oracle/", d): v for d, v in oracle["by_day"].items()}
-    fractions = {f"oracle/{k}": oracle[k] for k in ORACLE_FRACTIONS if k in oracle}
-    return {"oracle/acc": oracle["acc"], "oracle/f1_macro": oracle["f1_macro"]} | by_day | fractions
+    by_day = {day_metric(ORACLE_PREFIX, d): v for d, v in oracle["by_day"].items()}
+    fractions = {f"{ORACLE_PREFIX}{k}": oracle[k] for k in ORACLE_FRACTIONS if k in oracle}
+    return {ORACLE_ACC: oracle["acc"], ORACLE_F1: oracle["f1_macro"]} | by_day | fractions

@@ -16,7 +16,7 @@ import pandas as pd
 
 from nscfate.data.schema import CLASSES
 from nscfate.data.splits import TEST
-from nscfate.evaluation.evaluate import LOGIT_COLUMNS
+from nscfate.evaluation.evaluate import LOGIT_COLUMNS, VAL_F1_BEST
 
 #: A model that gives one fate to at least this share of the test cells predicts a single class.
 SINGLE_CLASS_SHARE = 0.98
@@ -66,7 +66,7 @@ def check_run(metrics: Mapping[str, float], cells: pd.DataFrame) -> list[RunWarn
                     f"{len(test)} test cells, which hold {n_fates} fates",
                 )
             )
-    best = metrics.get("val/f1_macro_best")
+    best = metrics.get(VAL_F1_BEST)
     if best is not None and n_fates >= 2 and best <= 1 / n_fates + CHANCE_MARGIN:
         warnings.append(
             RunWarning(

@@ -12,21 +12,27 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from nscfate.errors import NscfateError
+from nscfate.evaluation.evaluate import (
+    FRAC_MAE,
+    ORACLE_F1,
+    TEST_ACC,
+    TEST_ECE,
+    TEST_F1,
+    TEST_PREFIX,
+    day_metric,
+)
 from nscfate.report import html as h
 from nscfate.report.sources import RunData, get_run
 from nscfate.search.storage import open_storage
 
 #: Metrics shown per compared run (when logged).
 COMPARED = (
-    "test/f1_macro",
-    "test/acc",
-    "test/acc_day1",
-    "test/acc_day3",
-    "test/acc_day5",
-    "test/acc_day7",
-    "test/ece",
-    "indep/frac_mae",
-    "oracle/f1_macro",
+    TEST_F1,
+    TEST_ACC,
+    *(day_metric(TEST_PREFIX, day) for day in (1, 3, 5, 7)),
+    TEST_ECE,
+    FRAC_MAE,
+    ORACLE_F1,
 )
 #: A setting with at most this many distinct values gets its own comparison table.
 MAX_GROUPS = 12
@@ -59,7 +65,7 @@ def run_table(runs: list[RunData], settings: list[str]) -> pd.DataFrame:
     """One row per run of an experiment: name, the chosen settings, its test metrics, id."""
     return pd.DataFrame(
         [
-            {"run": r.name, "objective": _num(r.metrics.get("test/f1_macro"))}
+            {"run": r.name, "objective": _num(r.metrics.get(TEST_F1))}
             | {s: r.params.get(s, "") for s in settings}
             | {m: _num(r.metrics.get(m)) for m in COMPARED if m in r.metrics}
             | {"mlflow run": r.run_id}
@@ -76,8 +82,8 @@ def grouped(table: pd.DataFrame, setting: str) -> pd.DataFrame:
         "best objective": ("objective", "max"),
         "mean objective": ("objective", "mean"),
     }
-    if "test/f1_macro" in done:
-        agg["best test macro-F1"] = ("test/f1_macro", "max")
+    if TEST_F1 in done:
+        agg["best test macro-F1"] = (TEST_F1, "max")
     out = done.groupby(setting).agg(**agg).reset_index()
     return out.sort_values("best objective", ascending=False)
 

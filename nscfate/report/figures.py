@@ -15,7 +15,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from nscfate.data.splits import TEST  # noqa: E402
-from nscfate.evaluation.evaluate import day_metric  # noqa: E402
+from nscfate.evaluation.evaluate import ORACLE_PREFIX, day_metric  # noqa: E402
 from nscfate.evaluation.plots import accuracy_by_day_figure  # noqa: E402
 
 
@@ -38,7 +38,9 @@ def accuracy_intervals(
 def oracle_by_day(metrics: dict[str, float], days: list[float]) -> dict[float, float]:
     """The latent oracle's logged accuracy per day (synthetic data only; empty otherwise)."""
     return {
-        d: metrics[day_metric("oracle/", d)] for d in days if day_metric("oracle/", d) in metrics
+        d: metrics[day_metric(ORACLE_PREFIX, d)]
+        for d in days
+        if day_metric(ORACLE_PREFIX, d) in metrics
     }
 
 

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from nscfate.evaluation.evaluate import TEST_METRICS
+from nscfate.evaluation.evaluate import (
+    FRACTION_SUMMARY,
+    ORACLE_ACC,
+    ORACLE_F1,
+    ORACLE_FRAC_MAE,
+    TEST_ECE,
+    TEST_ECE_RAW,
+    TEST_METRICS,
+)
 from nscfate.report import html as h
 from nscfate.report.figures import accuracy_figure, accuracy_intervals, oracle_by_day, png_bytes
 from nscfate.report.sources import RunData
@@ -24,7 +32,7 @@ SHOWN_PARAMS = (
     "quantify.",
 )
 #: Headline test metrics (and the oracle's), when logged: the names evaluation owns.
-HEADLINE = (*TEST_METRICS, "oracle/acc", "oracle/f1_macro")
+HEADLINE = (*TEST_METRICS, ORACLE_ACC, ORACLE_F1)
 
 
 def provenance(run: RunData) -> h.Section:
@@ -96,7 +104,7 @@ def confusion(run: RunData) -> h.Section:
 
 def calibration(run: RunData) -> h.Section:
     """The logged reliability diagram, before and after calibration, with the ECEs."""
-    rows = [(k, run.metrics[k]) for k in ("test/ece_uncalibrated", "test/ece") if k in run.metrics]
+    rows = [(k, run.metrics[k]) for k in (TEST_ECE_RAW, TEST_ECE) if k in run.metrics]
     method = run.params.get("calibration.method", "?")
     body = h.paragraph(
         f"Calibration ({method}) fit on the validation split; expected calibration "
@@ -123,9 +131,7 @@ def fractions(run: RunData) -> h.Section:
         )
         return h.Section("fractions", "Fate fractions per condition", body)
     summary = [
-        (k, run.metrics[k])
-        for k in ("indep/frac_mae_raw", "indep/frac_mae", "indep/frac_max_err", "oracle/frac_mae")
-        if k in run.metrics
+        (k, run.metrics[k]) for k in (*FRACTION_SUMMARY, ORACLE_FRAC_MAE) if k in run.metrics
     ]
     body = h.paragraph(
         "Per held-out condition: the counted fraction (argmax), the fraction "

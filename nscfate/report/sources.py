@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from nscfate.errors import NscfateError
+from nscfate.evaluation.evaluate import TEST_F1
 
 #: Artifact folders a report reads (what nscfate.tracking.record and the CAM gallery log).
 FOLDERS = ("plots", "predictions", "cam")
@@ -93,7 +94,7 @@ def experiment_runs(client: MlflowClient, name: str) -> list[RunData]:
             dict(r.data.metrics),
         )
         for r in runs
-        if r.data.tags.get("nscfate.role") != "study" and "test/f1_macro" in r.data.metrics
+        if r.data.tags.get("nscfate.role") != "study" and TEST_F1 in r.data.metrics
     ]
     if not out:
         raise NscfateError(f"report.experiment={name!r} has no finished run with test metrics")

@@ -20,10 +20,10 @@ from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
 from nscfate.errors import user_error_in
+from nscfate.evaluation.evaluate import FIT_METRICS, VAL_F1
 from nscfate.redact import redact
 from nscfate.search.mirror import child_tags
 from nscfate.tracking.run import tracked_train
-from nscfate.training.module import FIT_METRICS
 
 
 @dataclass
@@ -73,7 +73,7 @@ def run_trial(cfg: DictConfig, ctx: TrialContext) -> TrialOutcome:
     trial = ctx.trial
     callbacks: list[Callback] = [EpochCounter(trial)]
     if ctx.prune:
-        monitor = ctx.metric if ctx.metric in FIT_METRICS else "val/f1_macro"
+        monitor = ctx.metric if ctx.metric in FIT_METRICS else VAL_F1
         callbacks.append(PyTorchLightningPruningCallback(trial, monitor=monitor))
     run_ids: list[str] = []
 

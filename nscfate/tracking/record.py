@@ -21,11 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 from nscfate.data.preview import contact_sheet
 from nscfate.evaluation import plots
 from nscfate.evaluation.cam import cam_gallery
+from nscfate.evaluation.evaluate import FIT_METRICS
 from nscfate.evaluation.health import RunWarning
 from nscfate.paths import REPO_ROOT
 from nscfate.redact import redact_values
 from nscfate.tracking.pyfunc import DEFERRED, DEFERRED_MODEL_TAG, MODEL_URI_TAG, log_fate_model
-from nscfate.training.module import FIT_METRICS
 
 log = logging.getLogger(__name__)
 #: Longest parameter value logged as is (MLflow allows 6000; the UI is happier with less).

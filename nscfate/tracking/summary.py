@@ -7,6 +7,21 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from nscfate.evaluation.evaluate import (
+    FRAC_MAE,
+    FRAC_MAE_RAW,
+    FRAC_MAX_ERR,
+    ORACLE_ACC,
+    ORACLE_F1,
+    ORACLE_FRAC_MAE,
+    ORACLE_FRAC_MAX_ERR,
+    TEST_ACC,
+    TEST_AUROC,
+    TEST_ECE,
+    TEST_ECE_RAW,
+    TEST_F1,
+    TEST_OOD,
+)
 from nscfate.redact import redact
 
 
@@ -29,25 +44,26 @@ def print_summary(cfg: DictConfig, result) -> None:
     console.print(by_day)
     if len(result.fractions):
         console.print(fraction_table(result.fractions, "Fate fractions per independent condition"))
-        if "indep/frac_mae" in m:
+        if FRAC_MAE in m:
             console.print(
-                f"fraction error over conditions x fates: counted {m['indep/frac_mae_raw']:.3f}"
-                f" | estimated {m['indep/frac_mae']:.3f} (worst {m['indep/frac_max_err']:.3f})"
+                f"fraction error over conditions x fates: counted {m[FRAC_MAE_RAW]:.3f}"
+                f" | estimated {m[FRAC_MAE]:.3f} (worst {m[FRAC_MAX_ERR]:.3f})"
             )
-    if "oracle/f1_macro" in m:
+    if ORACLE_F1 in m:
         console.print(
-            f"latent oracle on the same test cells: acc {m['oracle/acc']:.3f} | macro-F1 {m['oracle/f1_macro']:.3f}"
+            f"latent oracle on the same test cells: acc {m[ORACLE_ACC]:.3f} | macro-F1 {m[ORACLE_F1]:.3f}"
             + (
-                f" | fraction error {m['oracle/frac_mae']:.3f} (worst {m['oracle/frac_max_err']:.3f})"
-                if "oracle/frac_mae" in m
+                f" | fraction error {m[ORACLE_FRAC_MAE]:.3f} (worst {m[ORACLE_FRAC_MAX_ERR]:.3f})"
+                if ORACLE_FRAC_MAE in m
                 else ""
             )
         )
+    nan = float("nan")
     console.print(
-        f"test acc {m.get('test/acc', float('nan')):.3f} | test macro-F1 {m.get('test/f1_macro', float('nan')):.3f}"
-        f" | AUROC {m.get('test/auroc', float('nan')):.3f} | ECE {m.get('test/ece', float('nan')):.3f}"
-        f" (uncalibrated {m.get('test/ece_uncalibrated', float('nan')):.3f})"
-        f" | OOD-flagged {m.get('test/ood_frac', float('nan')):.1%}"
+        f"test acc {m.get(TEST_ACC, nan):.3f} | test macro-F1 {m.get(TEST_F1, nan):.3f}"
+        f" | AUROC {m.get(TEST_AUROC, nan):.3f} | ECE {m.get(TEST_ECE, nan):.3f}"
+        f" (uncalibrated {m.get(TEST_ECE_RAW, nan):.3f})"
+        f" | OOD-flagged {m.get(TEST_OOD, nan):.1%}"
         f" | objective {cfg.objective} = {result.objective:.4f}"
     )
     print_warnings(console, result.warnings)

@@ -1,8 +1,8 @@
 """One LightningModule for every architecture: cross-entropy, torchmetrics per stage, best-so-far F1.
 
-Metric names are stable (later tools and checks rely on them): ``train/loss``, ``train/acc``,
-``val/loss``, ``val/acc``, ``val/f1_macro`` and ``val/f1_macro_best`` (the best epoch so far, the
-default sweep objective).
+It logs the fit metrics named in ``nscfate.evaluation.evaluate`` (``FIT_METRICS``): ``train/loss``,
+``train/acc``, ``val/loss``, ``val/acc``, ``val/f1_macro`` and ``val/f1_macro_best`` (the best
+epoch so far, the default sweep objective).
 """
 
 from __future__ import annotations
@@ -19,15 +19,12 @@ from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from nscfate.data.schema import CLASSES
-
-#: Everything this module logs while fitting (per epoch).
-FIT_METRICS: tuple[str, ...] = (
-    "train/loss",
-    "train/acc",
-    "val/loss",
-    "val/acc",
-    "val/f1_macro",
-    "val/f1_macro_best",
+from nscfate.evaluation.evaluate import (
+    TRAIN_ACC,
+    TRAIN_LOSS,
+    VAL_F1_BEST,
+    VAL_LOSS,
+    VAL_PREFIX,
 )
 
 
@@ -72,7 +69,7 @@ class FateClassifier(L.LightningModule):
                 "acc": MulticlassAccuracy(num_classes, average="micro"),
                 "f1_macro": MulticlassF1Score(num_classes, average="macro"),
             },
-            prefix="val/",
+            prefix=VAL_PREFIX,
         )
         self.val_f1_best = MaxMetric()
         #: The run's resolved config, saved in every checkpoint so it can be evaluated on its own.
@@ -90,14 +87,14 @@ class FateClassifier(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, logits = self._step(batch)
         self.train_acc(logits, batch["label"])
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        self.log(TRAIN_LOSS, loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log(TRAIN_ACC, self.train_acc, on_step=False, on_epoch=True)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, logits = self._step(batch)
         self.val_metrics(logits, batch["label"])
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log(VAL_LOSS, loss, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True)
 
     def on_train_start(self) -> None:
@@ -105,7 +102,7 @@ class FateClassifier(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.val_f1_best(self.val_metrics["f1_macro"].compute())
-        self.log("val/f1_macro_best", self.val_f1_best.compute(), prog_bar=True, sync_dist=True)
+        self.log(VAL_F1_BEST, self.val_f1_best.compute(), prog_bar=True, sync_dist=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nscfate_config"] = self.run_config

@@ -24,6 +24,8 @@ from nscfate.data.splits import TEST, TRAIN, VAL
 from nscfate.errors import NscfateError, user_error_in
 from nscfate.estimation import ESTIMATION_KEY, EstimationSettings, FateEstimator
 from nscfate.evaluation.evaluate import (
+    DYNAMIC_METRICS,
+    FIT_METRICS,
     FRACTION_SUMMARY,
     TEST_METRICS,
     evaluate,
@@ -33,7 +35,7 @@ from nscfate.evaluation.evaluate import (
 from nscfate.evaluation.health import check_run
 from nscfate.files import atomic_write
 from nscfate.redact import redact_values
-from nscfate.training.module import FIT_METRICS, FateClassifier
+from nscfate.training.module import FateClassifier
 from nscfate.training.recipe import fit_to_data
 
 log = logging.getLogger(__name__)
@@ -47,9 +49,7 @@ def check_objective(name: str) -> None:
                 *FIT_METRICS,
                 *TEST_METRICS,
                 *FRACTION_SUMMARY,
-                "test/acc_day<d>",
-                "indep/<condition>/pred_frac_<class>",
-                "indep/<condition>/est_frac_<class>",
+                *DYNAMIC_METRICS,
             ]
         )
         raise NscfateError(
