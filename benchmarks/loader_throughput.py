@@ -15,7 +15,9 @@ one warm-up batch:
   one read per batch, the policy's batched twin where it has one, normalisation in torch, in the
   workers;
 - ``batch_device_on_cpu``: the ``transform_on=device`` loader (raw batches) plus the transform the
-  GPU would run, here run by the main process on this CPU: an upper bound of the GPU path's cost.
+  GPU would run, here run by the main process on this CPU: an upper bound of the GPU path's cost;
+- ``device_loader``: the same ``transform_on=device`` loader alone: the raw 8-bit batches a GPU
+  receives (``trainer=gpu``), whose finishing there is a few kernel launches per batch.
 
 Prints crops per second (median over repeats) per policy, worker count and path.
 """
@@ -107,7 +109,9 @@ def crops_per_second(loader: DataLoader, n_crops: int, finish: Any = None) -> fl
     while True:
         for batch in loader:
             image = finish(batch)["image"] if finish else batch["image"]
-            assert image.ndim == 4 and image.dtype == torch.float32
+            finished = image.ndim == 4 and image.dtype == torch.float32
+            # device_loader: raw crops (8-bit, or float after a per-crop policy), not yet finished
+            assert finished or (finish is None and image.ndim == 3)
             if started is None:
                 started = time.perf_counter()
                 continue
@@ -150,6 +154,7 @@ def build(policy: str, workers: int, batch_size: int, data_dir: Path) -> dict[st
             device.loader(TRAIN, shuffle=True, on_device=True),
             lambda b: _finish_as_training(device, b),
         ),
+        "device_loader": (device.loader(TRAIN, shuffle=True, on_device=True), None),
     }
 
 
@@ -184,7 +189,7 @@ def main() -> None:
             print(
                 f"{policy:>6} workers={workers}: per_crop {row['per_crop']:>6} | batch_workers "
                 f"{row['batch_workers']:>6} | batch_device_on_cpu {row['batch_device_on_cpu']:>6}"
-                f" crops/s (x{row['speedup']})",
+                f" | device_loader {row['device_loader']:>6} crops/s (x{row['speedup']})",
                 flush=True,
             )
             results.append(row)
