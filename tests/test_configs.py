@@ -52,15 +52,18 @@ def test_trainers_compose_and_cpu_instantiates(tmp_path, data_dir, name):
             and cfg.runtime.channels_last
             and cfg.data.pin_memory
             and cfg.data.transform_on == "device"  # batches finished on the GPU
+            and cfg.data.eval_batch_size == 256  # a GPU infers in large batches
         )
         # The datamodule it builds hands the trainer raw batches, and finishes them in its hook.
         dm = instantiate(cfg.data)
         assert dm.transform_on == "device" and dm.pin_memory
     elif name == "ddp":
         assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices >= 2
+        assert cfg.data.eval_batch_size == 256
     else:
         trainer = instantiate(cfg.trainer, logger=False)
         assert trainer.max_epochs == 2
+        assert cfg.data.eval_batch_size == 32  # a CPU infers fastest in small batches
 
 
 @pytest.mark.parametrize("name", options("callbacks"))
