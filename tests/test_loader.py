@@ -68,9 +68,7 @@ def test_batched_flips_and_quarter_turns_are_exact():
     )
     out = twin(torch.from_numpy(img)[None].repeat(400, 1, 1), torch.Generator().manual_seed(0))
     symmetries = [np.rot90(m, k) for m in (img, img[:, ::-1]) for k in range(4)]
-    which = [
-        [i for i, sym in enumerate(symmetries) if np.array_equal(o, sym)] for o in out.numpy()
-    ]
+    which = [[i for i, sym in enumerate(symmetries) if np.array_equal(o, sym)] for o in out.numpy()]
     assert all(len(w) == 1 for w in which)
     assert {w[0] for w in which} == set(range(8))
 
