@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from nscfate.data.normalize import Normalizer, per_image, to_unit_float
+from nscfate.data.normalize import Normalizer, per_image, quantile, to_unit_float
 from nscfate.errors import NscfateError
 
 
@@ -47,3 +48,12 @@ def test_none_mode_and_unit_conversion():
     assert np.array_equal(Normalizer("none")(np.ones((2, 2))), np.ones((2, 2), np.float32))
     with pytest.raises(NscfateError, match="unknown data.normalize 'zscore'"):
         Normalizer("zscore")
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 8, 248, 4096])
+@pytest.mark.parametrize("q", [0.0, 0.01, 0.5, 0.99, 1.0])
+def test_quantile_is_numpys_with_ties_and_tiny_rows(n, q):
+    rng = np.random.default_rng(n)
+    rows = np.concatenate([rng.random((3, n)), rng.integers(0, 4, (3, n))]).astype(np.float32)
+    got = quantile(torch.from_numpy(rows), q).numpy()
+    np.testing.assert_allclose(got, np.quantile(rows, q, axis=-1), rtol=0, atol=1e-6)

@@ -66,7 +66,8 @@ def per_image_torch(x: torch.Tensor) -> torch.Tensor:
 def quantile(x: torch.Tensor, q: float) -> torch.Tensor:
     """The ``q`` quantile along the last dimension with numpy's default (linear) interpolation.
 
-    By partial selection (``topk`` of the smaller side), which on a CPU is several times faster than
+    By partial selection (an unsorted ``topk`` of the smaller side, then the two values needed from
+    it), which on a CPU is several times faster than
     ``torch.quantile`` or a full sort; ``torch.quantile`` also refuses more than 2**24 elements (a
     batch of 128 crops of 512 x 512 px) and ``torch.median`` returns the lower middle value, not
     numpy's mean of the two.
@@ -74,13 +75,16 @@ def quantile(x: torch.Tensor, q: float) -> torch.Tensor:
     n = x.shape[-1]
     pos = q * (n - 1)
     lo = int(pos)
-    hi = min(lo + 1, n - 1)
-    if lo >= n // 2:  # the (n - lo) largest, descending: ordered[lo] is the last
-        top = x.topk(n - lo, dim=-1).values
-        below, above = top[..., -1], top[..., max(-2, -(n - lo))]
-    else:  # the (hi + 1) smallest, ascending: ordered[hi] is the last
-        bottom = x.topk(hi + 1, dim=-1, largest=False).values
-        below, above = bottom[..., lo], bottom[..., hi]
+    if (
+        lo >= n // 2
+    ):  # the (n - lo) largest, unordered; ordered[lo] and ordered[hi] are their two smallest
+        top = x.topk(n - lo, dim=-1, sorted=False).values
+        pair = top.topk(min(2, n - lo), dim=-1, largest=False).values
+        below, above = pair[..., 0], pair[..., -1]
+    else:  # the (lo + 2) smallest, unordered; ordered[hi] and ordered[lo] are their two largest
+        bottom = x.topk(lo + 2, dim=-1, largest=False, sorted=False).values
+        pair = bottom.topk(2, dim=-1).values
+        below, above = pair[..., 1], pair[..., 0]
     return below + (above - below) * (pos - lo)
 
 
