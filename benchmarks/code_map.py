@@ -44,6 +44,9 @@ from types import FrameType
 from typing import Any
 
 HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parent))
+from tiny import TINY_DATA  # noqa: E402  (a sibling module, not a package)
+
 REPO = HERE.parents[1]
 
 #: A metric-name literal: a quoted token (no whitespace inside, optional string prefix such as f)
@@ -99,18 +102,8 @@ CONFIG = {
     "nscfate-predict": "predict",
     "nscfate-report": "report",
 }
-#: A one-epoch run on a tiny synthetic store (tests/conftest.py's TINY_DATA and FAST, one epoch).
-TINY_TRAIN = [
-    "data.synthetic.cells_per_group=12",
-    "data.synthetic.batches_per_group=4",
-    "data.num_workers=0",
-    "data.persistent_workers=false",
-    "data.batch_size=32",
-    "quantify.n_boot=20",
-    "cam.per_group=0",
-    "trainer.max_epochs=1",
-    "trainer.log_every_n_steps=1",
-]
+#: A one-epoch run on a tiny synthetic store.
+TINY_TRAIN = [*TINY_DATA, "trainer.max_epochs=1", "trainer.log_every_n_steps=1"]
 #: The module of friendly_errors' pass-through wrapper, left out of the chains.
 WRAPPER = "nscfate.cli.errors"
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.tiny import TINY_DATA
+
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # make test runs one pytest-xdist worker per core: one thread each (and in their subprocesses),
@@ -185,17 +187,6 @@ def tracked_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path):
     return cfg, result, tmp
 
 
-#: A tiny synthetic store, read in-process, with a fixed batch size (not the recipe's auto) and
-#: 20 bootstrap rounds for the fate-fraction intervals (200 by default), no Grad-CAM gallery.
-TINY_DATA = [
-    "data.synthetic.cells_per_group=12",
-    "data.synthetic.batches_per_group=4",
-    "data.num_workers=0",
-    "data.persistent_workers=false",
-    "data.batch_size=32",
-    "quantify.n_boot=20",
-    "cam.per_group=0",
-]
 #: Overrides that make a training run take seconds on CPU.
 FAST = [*TINY_DATA, "trainer.max_epochs=2", "trainer.log_every_n_steps=1"]
 

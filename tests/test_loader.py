@@ -48,10 +48,11 @@ def _affine(border: int) -> A.Affine:
     )
 
 
+@pytest.mark.parametrize("shape", [(64, 64), (45, 30), (57, 60)])  # the paper's and a lab's crops
 @pytest.mark.parametrize("border", [cv2.BORDER_REFLECT, cv2.BORDER_REPLICATE, cv2.BORDER_CONSTANT])
-def test_batched_affine_warps_like_albumentations(border):
-    y, x = np.mgrid[:64, :64]
-    img = (0.5 + 0.3 * np.sin(x / 5.0) * np.cos(y / 7.0) + 0.1 * x / 64).astype(np.float32)
+def test_batched_affine_warps_like_albumentations(border, shape):
+    y, x = np.mgrid[: shape[0], : shape[1]]
+    img = (0.5 + 0.3 * np.sin(x / 5.0) * np.cos(y / 7.0) + 0.1 * x / shape[1]).astype(np.float32)
     expected = A.Compose([_affine(border)], seed=0)(image=img)["image"]
     twin = batched_policy(A.Compose([_affine(border)]))
     out = twin(torch.from_numpy(img)[None].repeat(2, 1, 1), torch.Generator().manual_seed(0))

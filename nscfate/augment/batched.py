@@ -153,10 +153,19 @@ def _pixel_grid(h: int, w: int, device: torch.device) -> torch.Tensor:
 
 
 @functools.cache
+def _to_unit(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """Pixel coordinates -> grid_sample's [-1, 1] units (align_corners=False), 3 x 3 float64."""
+    return torch.tensor(
+        [[2 / w, 0, 1 / w - 1], [0, 2 / h, 1 / h - 1], [0, 0, 1]],
+        dtype=torch.float64,
+        device=device,
+    )
+
+
+@functools.cache
 def _unit_centres(h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """3 x (H*W) pixel centres in grid_sample's [-1, 1] units (align_corners=False)."""
-    to_unit = torch.tensor([[2 / w, 0, 1 / w - 1], [0, 2 / h, 1 / h - 1], [0, 0, 1]])
-    return (to_unit.double() @ _pixel_grid(h, w, device).cpu()).to(device, dtype)
+    """3 x (H*W) pixel centres in grid_sample's [-1, 1] units."""
+    return (_to_unit(h, w, device) @ _pixel_grid(h, w, device)).to(dtype)
 
 
 def warp(x: torch.Tensor, forward: torch.Tensor, border: int | None, fill: float) -> torch.Tensor:
@@ -196,12 +205,7 @@ def _resample(
     x: torch.Tensor, backward: torch.Tensor, border: int | None, fill: float, mode: str = "bilinear"
 ) -> torch.Tensor:
     n, h, w = x.shape
-    # pixel -> grid_sample's [-1, 1] coordinates (align_corners=False) and back
-    to_unit = torch.tensor(
-        [[2 / w, 0, 1 / w - 1], [0, 2 / h, 1 / h - 1], [0, 0, 1]],
-        dtype=torch.float64,
-        device=x.device,
-    )
+    to_unit = _to_unit(h, w, x.device)
     theta = (to_unit @ backward @ torch.linalg.inv(to_unit))[:, :2].to(x.dtype)
     # what affine_grid returns, by one product with the cached pixel centres: 4x cheaper on a CPU
     grid = (theta @ _unit_centres(h, w, x.dtype, x.device)).transpose(1, 2).contiguous()

@@ -83,10 +83,10 @@ _DYNAMIC = re.compile(
 FRACTION_COLUMNS = ("fate", "n_cells", "raw_frac", "est_frac", "ci_low", "ci_high", "ood_frac")
 
 
-def is_known_metric(name: str, fit_metrics: tuple[str, ...]) -> bool:
+def is_known_metric(name: str) -> bool:
     """True if training logs ``name`` (fit metrics, test metrics, per-day or per-condition ones)."""
     return (
-        name in fit_metrics
+        name in FIT_METRICS
         or name in TEST_METRICS
         or name in FRACTION_SUMMARY
         or bool(_DYNAMIC.match(name))
