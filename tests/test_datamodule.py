@@ -62,6 +62,16 @@ def test_batches_are_normalised_float_with_rows(tiny_synth):
     assert len(dm.loader("indep:NT3").dataset) == (tiny_synth.index.condition == "NT3").sum()
 
 
+def test_an_evaluation_pass_over_the_training_crops_reads_evaluation_batches(tiny_synth):
+    """The OOD fit reads the training crops unaugmented, as evaluation reads crops: in evaluation
+    batches (small on a CPU, where inference is fastest in cache-sized batches)."""
+    dm = CellDataModule(str(tiny_synth.path), batch_size=16, eval_batch_size=5)
+    dm.setup("fit")
+    assert dm.loader("train", shuffle=True).batch_size == 16
+    assert dm.loader("train", augmented=False).batch_size == 5
+    assert dm.loader("val").batch_size == 5
+
+
 def test_workers_and_every_normalisation(tiny_synth):
     for mode in ("per_image", "dataset", "none"):
         dm = CellDataModule(

@@ -313,7 +313,8 @@ class CellDataModule(L.LightningDataModule):
             raise NscfateError(
                 f"no split {part!r} in {self.store_path} (splits: {', '.join(self.datasets)})"
             )
-        batch_size = self.batch_size if part == TRAIN else self.eval_batch_size
+        # an unaugmented pass (the OOD fit) is an evaluation: evaluation batches
+        batch_size = self.batch_size if part == TRAIN and augmented else self.eval_batch_size
         if not isinstance(batch_size, int):
             raise NscfateError(
                 f"data.batch_size={batch_size}: 'auto' is resolved from the training-set size when "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -97,4 +98,27 @@ def contact_sheet(
             fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
+    return out
+
+
+#: Where a store keeps the contact sheets drawn of it, one per content digest.
+PREVIEW_DIR = "previews"
+
+
+def cached_contact_sheet(store: DatasetStore, out: str | os.PathLike) -> Path:
+    """:func:`contact_sheet` of ``store`` at ``out``, drawn once per store content: the first call
+    also keeps a copy in ``<store>/previews/<digest>.png`` and later calls (every run on the same
+    store) copy it instead of drawing again. A store that cannot be written is drawn each time."""
+    kept = store.path / PREVIEW_DIR / f"{store.digest[:16]}.png"
+    out = Path(out)
+    if kept.is_file():
+        with atomic_write(out) as tmp:
+            shutil.copyfile(kept, tmp)
+        return out
+    contact_sheet(store, out)
+    try:
+        with atomic_write(kept) as tmp:
+            shutil.copyfile(out, tmp)
+    except OSError:  # a read-only store: the sheet is drawn per run, nothing else changes
+        pass
     return out

@@ -18,7 +18,7 @@ from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.meta_dataset import MetaDataset
 from omegaconf import DictConfig, OmegaConf
 
-from nscfate.data.preview import contact_sheet
+from nscfate.data.preview import cached_contact_sheet
 from nscfate.evaluation import plots
 from nscfate.evaluation.cam import cam_gallery
 from nscfate.evaluation.evaluate import FIT_METRICS
@@ -30,9 +30,6 @@ from nscfate.tracking.pyfunc import DEFERRED, DEFERRED_MODEL_TAG, MODEL_URI_TAG,
 log = logging.getLogger(__name__)
 #: Longest parameter value logged as is (MLflow allows 6000; the UI is happier with less).
 MAX_PARAM_CHARS = 500
-
-#: The data preview of each store, drawn once per process (every trial of a sweep logs the same).
-_PREVIEWS: dict[str, bytes] = {}
 
 
 def log_warnings(warnings: Sequence[RunWarning]) -> None:
@@ -150,14 +147,8 @@ def log_cam_gallery(cfg: DictConfig, objects: dict[str, Any]) -> None:
 
 
 def data_preview(store: Any, directory: Path) -> Path:
-    """``data_preview.png`` (the store's contact sheet) in ``directory``."""
-    out, key = directory / "data_preview.png", f"{store.path}:{store.digest}"
-    if key not in _PREVIEWS:
-        _PREVIEWS.clear()  # one store at a time: a worker does not hoard pictures
-        _PREVIEWS[key] = contact_sheet(store, out).read_bytes()
-    else:
-        out.write_bytes(_PREVIEWS[key])
-    return out
+    """``data_preview.png`` (the store's contact sheet, drawn once per store) in ``directory``."""
+    return cached_contact_sheet(store, directory / "data_preview.png")
 
 
 def log_dataset_inputs(datamodule: Any) -> None:
