@@ -426,3 +426,34 @@ def test_a_worker_waits_only_for_trials_whose_death_it_would_see(tmp_path):
     remote = database.ask(space)
     remote.set_user_attr("worker", "another-host:4242")  # its heartbeat tells
     assert [t.number for t in watchable_running_trials(database)] == [remote.number]
+
+
+def test_a_finished_worker_leaves_soon_after_the_last_trial_elsewhere_ends(tmp_path, monkeypatch):
+    """With the total reached and a trial still running in another worker, a worker waits (that
+    trial may die and be retried), but it looks again every second or so, not once per heartbeat
+    interval: a 2-worker sweep used to end up to 10 s after its last trial."""
+    from omegaconf import OmegaConf
+
+    from nscfate.search import sweeper
+    from nscfate.search.space import parse_space
+
+    url = f"sqlite:///{tmp_path}/o.db"
+    study = optuna.create_study(study_name="ending", storage=open_storage(url))
+    space = parse_space(["x=interval(0,1)"])
+    remote = study.ask(space.distributions)
+    remote.set_user_attr("worker", "another-host:4242")  # alive: its heartbeat is fresh
+    study._storage.record_heartbeat(remote._trial_id)
+    search = OmegaConf.create(
+        {"n_trials": 1, "storage": url, "heartbeat_interval": 10, "metric": "val/acc"}
+    )
+    naps: list[float] = []
+
+    def nap(seconds: float) -> None:
+        naps.append(seconds)
+        if len(naps) == 2:  # the other worker's trial ends during the second wait
+            study.tell(remote, 0.5)
+
+    monkeypatch.setattr(sweeper.time, "sleep", nap)
+    sweeper.OptunaSweeper()._run_trials(study, space, search, "parent", client=None)
+    assert len(naps) == 2 and max(naps) <= 1.0
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]

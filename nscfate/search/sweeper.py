@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 SUMMARY_FILE = "sweep_summary.yaml"
 #: What ``_next_trial`` returns when the study is full but trials still run in other workers.
 WAIT = object()
+#: How often a worker that has nothing left to take looks whether the trials running elsewhere
+#: ended (or died and need a retry): it leaves about this long after the study's last trial.
+WAIT_POLL_SECONDS = 1.0
 
 
 class OptunaSweeper:
@@ -192,7 +195,7 @@ class OptunaSweeper:
                 if not waiting:
                     log.info("waiting for trials still running in other workers")
                 waiting = True
-                time.sleep(float(search.get("heartbeat_interval", 10)))
+                time.sleep(min(WAIT_POLL_SECONDS, float(search.get("heartbeat_interval", 10))))
                 continue
             waiting = False
             outcome = self._launch(trial, study, space, search, parent)
