@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,6 +68,48 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def model_server(tracking_uri: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """MLflow's scoring server (``mlflow models serve``, what ``make serve`` runs) on the champion
+    of ``tracking_uri``, on a free local port; yields its URL once ``/ping`` answers, stops it
+    (its whole process group) after."""
+    import subprocess
+    import time
+    import urllib.request
+
+    port = free_port()
+    bindir = str(Path(sys.executable).parent)  # the scoring server starts uvicorn from PATH
+    env = dict(env or os.environ, MLFLOW_TRACKING_URI=tracking_uri)
+    env["PATH"] = f"{bindir}:{env.get('PATH', '')}"
+    cmd = [console_script("mlflow"), "models", "serve", "-m", "models:/nscfate@champion"]
+    cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    server = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail(f"the model server did not come up: {server.stderr.read()[-2000:]}")
+        yield url
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, 15)
+        server.wait(timeout=30)
 
 
 def wait_for_trials(study: str, storage: str, proc, ready, timeout: float, what: str) -> list:

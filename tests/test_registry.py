@@ -7,8 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ from PIL import Image
 
 from nscfate.errors import NscfateError
 
-from .conftest import REPO, compose_train, console_script, free_port, run_cli
+from .conftest import REPO, compose_train, console_script, model_server, run_cli
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -374,42 +372,7 @@ def _readme_block(marker: str) -> str:
 
 
 def test_model_server_answers_like_predict(registry, tmp_path, sample_pngs):
-    port = free_port()
-    bindir = str(Path(sys.executable).parent)  # the scoring server starts uvicorn from PATH
-    env = dict(
-        os.environ, MLFLOW_TRACKING_URI=registry["uri"], PATH=f"{bindir}:{os.environ['PATH']}"
-    )
-    server = subprocess.Popen(
-        [
-            console_script("mlflow"),
-            "models",
-            "serve",
-            "-m",
-            "models:/nscfate@champion",
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
-        else:
-            pytest.fail("model server did not come up")
+    with model_server(registry["uri"]) as url:
         crops = tmp_path / "crops"
         crops.mkdir()
         for p in sample_pngs:
@@ -417,7 +380,7 @@ def test_model_server_answers_like_predict(registry, tmp_path, sample_pngs):
         # the README's own example, run as written (port and folder adjusted)
         script = (
             _readme_block("/invocations")
-            .replace("5001", str(port))
+            .replace("http://127.0.0.1:5001", url)
             .replace("crops/*.png", f"{crops}/*.png")
         )
         proc = subprocess.run(
@@ -431,9 +394,6 @@ def test_model_server_answers_like_predict(registry, tmp_path, sample_pngs):
         assert proc.returncode == 0, proc.stderr
         answer = json.loads(proc.stdout)["predictions"]
         served = pd.DataFrame(answer)
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
     code, _, stderr = run_cli(
         "predict",
         "model=models:/nscfate@champion",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -457,3 +458,40 @@ def test_a_finished_worker_leaves_soon_after_the_last_trial_elsewhere_ends(tmp_p
     sweeper.OptunaSweeper()._run_trials(study, space, search, "parent", client=None)
     assert len(naps) == 2 and max(naps) <= 1.0
     assert [t.state for t in study.trials] == [TrialState.COMPLETE]
+
+
+def test_on_a_cpu_the_command_is_worker_0_beside_the_workers_it_starts(tmp_path, data_dir):
+    """``search.workers=2`` without GPUs: the command trains as worker 0 (it has paid its
+    start-up) and starts one more process; together they finish exactly the study."""
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    cmd = sweep_cmd(
+        tmp_path,
+        data_dir,
+        "cpu2",
+        storage,
+        "optimizer.lr=tag(log,interval(1e-3,1e-2))",
+        "search.sampler=random",
+        "search.pruner=none",
+        "search.n_trials=4",
+        "search.workers=2",
+        epochs=1,
+    )
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_cpu_only_env()
+    )
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name="cpu2", storage=open_storage(storage))
+    standing = standing_trials(study)
+    assert len(standing) == 4 and all(t.state == TrialState.COMPLETE for t in standing)
+    pids = {int(t.user_attrs["worker"].rpartition(":")[2]) for t in standing}
+    started = re.findall(r"worker (\d+): pid (\d+)", out + err)
+    assert [int(i) for i, _ in started] == [1]  # it started one worker, numbered 1
+    # the command trained; the worker it started may find the study done if it starts late
+    assert proc.pid in pids and pids <= {proc.pid, int(started[0][1])}
+    runs = runs_of(tmp_path, "cpu2")
+    assert len(runs) == 5 and {r.info.status for r in runs} == {"FINISHED"}  # 4 trials + parent
+
+
+def _cpu_only_env() -> dict[str, str]:
+    return dict(os.environ, CUDA_VISIBLE_DEVICES="", NO_ALBUMENTATIONS_UPDATE="1")

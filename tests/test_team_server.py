@@ -9,6 +9,7 @@ restarted, each in the middle of a two-worker sweep that must still end with exa
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -29,7 +31,7 @@ from optuna.trial import TrialState
 
 from nscfate.search.storage import open_storage, standing_trials
 
-from .conftest import TINY_DATA, console_script, free_port, wait_for_trials
+from .conftest import TINY_DATA, console_script, free_port, model_server, wait_for_trials
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(600)]
 USER = "lab-admin"
@@ -172,6 +174,13 @@ def test_train_sweep_promote_predict_on_the_team_server(server, tmp_path, data_d
     )
     cells = pd.read_csv(tmp_path / "pred.csv")
     assert len(cells) > 0 and set(cells["fate"]) <= {"astrocyte", "oligodendrocyte", "neuron"}
+    # the champion served from the team server (``make serve`` with MLFLOW_TRACKING_URI=http://...),
+    # the login from the environment only; it answers as nscfate-predict did for the same crops
+    served = serve_store_crops(server.url, store, rows=4)
+    local = cells.set_index("source").loc[served.index]
+    for fate in ("astrocyte", "oligodendrocyte", "neuron"):
+        assert np.allclose(served[fate], local[f"p_{fate}"], atol=1e-5)
+    assert served["fate"].tolist() == local["fate"].tolist()
 
     client = MlflowClient(server.url)  # the login comes from the environment here too
     os.environ |= {"MLFLOW_TRACKING_USERNAME": USER, "MLFLOW_TRACKING_PASSWORD": SECRET}
@@ -201,6 +210,20 @@ def test_train_sweep_promote_predict_on_the_team_server(server, tmp_path, data_d
         with sqlalchemy.create_engine(url).connect() as conn:
             texts = [str(row[0]) for q in queries for row in conn.execute(sqlalchemy.text(q))]
         assert texts and not [t for t in texts if SECRET in t or USER + ":" in t]
+
+
+def serve_store_crops(tracking_uri: str, store: Path, rows: int) -> pd.DataFrame:
+    """The model server's answer for the first ``rows`` crops of ``store``, indexed by source."""
+    images = np.load(store / "images.npy", mmap_mode="r")
+    request = json.dumps({"inputs": np.asarray(images[:rows]).tolist()}).encode()
+    with model_server(tracking_uri, client_env()) as url:
+        post = urllib.request.Request(
+            f"{url}/invocations", data=request, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(post, timeout=120) as answer:
+            served = pd.DataFrame(json.loads(answer.read())["predictions"])
+    served.index = pd.read_csv(store / "index.csv")["source"].iloc[:rows]
+    return served
 
 
 #: Every text MLflow keeps about runs and models: params, tags, locations.

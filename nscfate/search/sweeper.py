@@ -43,7 +43,14 @@ from nscfate.search.storage import (
     watchable_running_trials,
 )
 from nscfate.search.study import ExhaustibleGridSampler, load_study, study_name
-from nscfate.search.workers import check_workers, run_slurm_workers, run_workers
+from nscfate.search.workers import (
+    check_workers,
+    failed_workers,
+    local_workers,
+    run_slurm_workers,
+    run_workers,
+    visible_gpus,
+)
 from nscfate.tracking.connection import connect
 from nscfate.tracking.registry import candidate_from_run, register
 from nscfate.training.train import check_objective
@@ -112,21 +119,33 @@ class OptunaSweeper:
             parent,
         )
         if int(search.get("workers", 1)) > 1 or search.get("backend", "local") == "slurm":
-            self._run_workers(study, search)
+            self._run_workers(study, space, search, parent, client)
         else:
             self._run_trials(study, space, search, parent, client)
         return self._finish(study, search, client, parent)
 
-    def _run_workers(self, study: optuna.Study, search: DictConfig) -> None:
-        """Run the study by ``search.workers`` processes, each this command as one worker: local
-        processes, or a SLURM job array (``search.backend=slurm``, ``search.sbatch`` options).
-        A worker that died is an error only if the others could not finish the study."""
+    def _run_workers(
+        self,
+        study: optuna.Study,
+        space: SearchSpace,
+        search: DictConfig,
+        parent: str,
+        client: MlflowClient,
+    ) -> None:
+        """Run the study by ``search.workers`` workers, each this command as one worker: local
+        processes (on a CPU-only machine this process is worker 0 and starts the others), or a
+        SLURM job array (``search.backend=slurm``, ``search.sbatch`` options). A worker that died
+        is an error only if the others could not finish the study."""
         n, sweep_dir = int(search.workers), Path(self.config.hydra.sweep.dir)
         if search.get("backend", "local") == "slurm":
             options = [str(o) for o in search.get("sbatch") or []]
             failed = run_slurm_workers(n, sweep_dir, f"nscfate-{study.study_name}", options)
-        else:
+        elif visible_gpus():  # one process per GPU, each told its GPU before it touches CUDA
             failed = run_workers(n, sweep_dir)
+        else:  # this process has paid its start-up: it trains as worker 0 beside n - 1 others
+            with local_workers(range(1, n), sweep_dir) as others:
+                self._run_trials(study, space, search, parent, client)
+            failed = failed_workers(others)
         if not failed:
             return
         done = counted_trials(study) >= search.n_trials and not watchable_running_trials(study)
