@@ -19,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+from nscfate.cli.entry import run_then_exit
 from nscfate.cli.errors import friendly_errors
 from nscfate.data.schema import CONTROL, LATENT_PREFIX
 from nscfate.errors import NscfateError
@@ -238,5 +239,11 @@ def main(argv: list[str] | None = None) -> None:
     args.func(args)
 
 
+def entry() -> None:
+    """The console script: :func:`main`, then the process ends without the interpreter's teardown
+    (``nscfate.cli.entry``)."""
+    run_then_exit(main)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

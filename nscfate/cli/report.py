@@ -11,6 +11,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from nscfate.cli.entry import run_then_exit  # noqa: E402
 from nscfate.cli.errors import friendly_errors  # noqa: E402
 from nscfate.paths import CONF_DIR, require_checkout  # noqa: E402  (registers ${nscfate.repo:})
 
@@ -36,5 +37,11 @@ def main(cfg: DictConfig) -> None:
         print(f"logged as an artifact of MLflow run {logged} (report/{output.name})")
 
 
+def entry() -> None:
+    """The console script: :func:`main`, then the process ends without the interpreter's teardown
+    (``nscfate.cli.entry``)."""
+    run_then_exit(main)
+
+
 if __name__ == "__main__":
-    main()
+    entry()
