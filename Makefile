@@ -9,6 +9,8 @@ DEMO_ARGS ?= experiment=cpu_baseline
 UI_PORT ?= 5000
 SERVE_PORT ?= 5001
 SERVE_MODEL ?= models:/nscfate@champion
+# where the registry is: this checkout's database, or a team server (http://...; login from the environment)
+SERVE_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 PYTEST_ARGS ?=
 # make test's pytest-xdist workers (one per core; 0 runs in one process). Whole files go to one worker
 # so a module's expensive fixture (the registry's champion) is built once.
@@ -52,7 +54,7 @@ demo: $(VENV)/.installed
 
 # Serve the champion over HTTP (MLflow's scoring server; uvicorn must be on PATH, hence the venv's bin).
 serve: $(VENV)/.installed
-	PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlruns/mlflow.db \
+	PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_TRACKING_URI=$(SERVE_TRACKING_URI) \
 	  $(BIN)/mlflow models serve -m $(SERVE_MODEL) --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
 
 # The MLflow UI on this checkout's tracking database, bound to this machine only.
