@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from nscfate.cli.entry import run_then_exit
+from nscfate.cli.entry import console_script
 from nscfate.cli.errors import friendly_errors
 from nscfate.data.schema import CONTROL, LATENT_PREFIX
 from nscfate.errors import NscfateError
@@ -239,10 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     args.func(args)
 
 
-def entry() -> None:
-    """The console script: :func:`main`, then the process ends without the interpreter's teardown
-    (``nscfate.cli.entry``)."""
-    run_then_exit(main)
+#: The console script (pyproject's entry point): main, then no interpreter teardown.
+entry = console_script(main)
 
 
 if __name__ == "__main__":

@@ -51,3 +51,13 @@ def run_then_exit(main: Callable[[], Any]) -> NoReturn:
         with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say
             stream.flush()
     os._exit(code)
+
+
+def console_script(main: Callable[[], Any]) -> Callable[[], NoReturn]:
+    """The console-script entry point of a command whose in-process entry is ``main``."""
+
+    def entry() -> NoReturn:
+        run_then_exit(main)
+
+    entry.__doc__ = f"``{main.__module__}.main``, then the process ends without the teardown."
+    return entry

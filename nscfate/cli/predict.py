@@ -11,7 +11,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from nscfate.cli.entry import run_then_exit  # noqa: E402
+from nscfate.cli.entry import console_script  # noqa: E402
 from nscfate.cli.errors import friendly_errors  # noqa: E402
 from nscfate.paths import CONF_DIR, require_checkout  # noqa: E402  (registers ${nscfate.repo:})
 
@@ -71,10 +71,8 @@ def main() -> None:
     app()
 
 
-def entry() -> None:
-    """The console script: :func:`main`, then the process ends without the interpreter's teardown
-    (``nscfate.cli.entry``)."""
-    run_then_exit(main)
+#: The console script (pyproject's entry point): main, then no interpreter teardown.
+entry = console_script(main)
 
 
 if __name__ == "__main__":

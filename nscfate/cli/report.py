@@ -11,7 +11,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from nscfate.cli.entry import run_then_exit  # noqa: E402
+from nscfate.cli.entry import console_script  # noqa: E402
 from nscfate.cli.errors import friendly_errors  # noqa: E402
 from nscfate.paths import CONF_DIR, require_checkout  # noqa: E402  (registers ${nscfate.repo:})
 
@@ -37,10 +37,8 @@ def main(cfg: DictConfig) -> None:
         print(f"logged as an artifact of MLflow run {logged} (report/{output.name})")
 
 
-def entry() -> None:
-    """The console script: :func:`main`, then the process ends without the interpreter's teardown
-    (``nscfate.cli.entry``)."""
-    run_then_exit(main)
+#: The console script (pyproject's entry point): main, then no interpreter teardown.
+entry = console_script(main)
 
 
 if __name__ == "__main__":

@@ -75,9 +75,8 @@ def quantile(x: torch.Tensor, q: float) -> torch.Tensor:
     n = x.shape[-1]
     pos = q * (n - 1)
     lo = int(pos)
-    if (
-        lo >= n // 2
-    ):  # the (n - lo) largest, unordered; ordered[lo] and ordered[hi] are their two smallest
+    # the (n - lo) largest, unordered: ordered[lo] and ordered[hi] are their two smallest
+    if lo >= n // 2:
         top = x.topk(n - lo, dim=-1, sorted=False).values
         pair = top.topk(min(2, n - lo), dim=-1, largest=False).values
         below, above = pair[..., 0], pair[..., -1]

@@ -9,9 +9,11 @@ is recorded and the sweep goes on until ``search.max_failure_rate`` is passed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,23 +121,19 @@ class OptunaSweeper:
             parent,
         )
         if int(search.get("workers", 1)) > 1 or search.get("backend", "local") == "slurm":
-            self._run_workers(study, space, search, parent, client)
+            here = functools.partial(self._run_trials, study, space, search, parent, client)
+            self._run_workers(study, search, here)
         else:
             self._run_trials(study, space, search, parent, client)
         return self._finish(study, search, client, parent)
 
     def _run_workers(
-        self,
-        study: optuna.Study,
-        space: SearchSpace,
-        search: DictConfig,
-        parent: str,
-        client: MlflowClient,
+        self, study: optuna.Study, search: DictConfig, run_here: Callable[[], None]
     ) -> None:
         """Run the study by ``search.workers`` workers, each this command as one worker: local
-        processes (on a CPU-only machine this process is worker 0 and starts the others), or a
-        SLURM job array (``search.backend=slurm``, ``search.sbatch`` options). A worker that died
-        is an error only if the others could not finish the study."""
+        processes (on a CPU-only machine this process is worker 0, ``run_here``, and starts the
+        others), or a SLURM job array (``search.backend=slurm``, ``search.sbatch`` options). A
+        worker that died is an error only if the others could not finish the study."""
         n, sweep_dir = int(search.workers), Path(self.config.hydra.sweep.dir)
         if search.get("backend", "local") == "slurm":
             options = [str(o) for o in search.get("sbatch") or []]
@@ -144,7 +142,7 @@ class OptunaSweeper:
             failed = run_workers(n, sweep_dir)
         else:  # this process has paid its start-up: it trains as worker 0 beside n - 1 others
             with local_workers(range(1, n), sweep_dir) as others:
-                self._run_trials(study, space, search, parent, client)
+                run_here()
             failed = failed_workers(others)
         if not failed:
             return
