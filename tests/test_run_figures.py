@@ -8,6 +8,7 @@ import shutil
 import matplotlib
 import numpy as np
 import pandas as pd
+import pytest
 
 from nscfate.data import preview
 from nscfate.data.schema import CLASSES
@@ -26,13 +27,14 @@ def test_overlay_is_the_crop_stretched_under_the_jet_map() -> None:
     np.testing.assert_allclose(overlay(image, heat), expected)
 
 
-def test_gallery_places_every_crop_and_marks_wrong_fates_red() -> None:
+@pytest.mark.parametrize(("h", "w"), [(16, 16), (45, 30)])  # square, and a lab's 45x30 crops
+def test_gallery_places_every_crop_and_marks_wrong_fates_red(h: int, w: int) -> None:
     labels = np.repeat(CLASSES, 4)  # rows in the order of CLASSES
     predicted = labels.copy()
     predicted[[1, 6, 9]] = CLASSES[0]  # right by chance in row 0, wrong in rows 1 and 2
     cells = pd.DataFrame({"label": labels, "day": np.tile([1, 3, 5, 7], 3), "predicted": predicted})
     rng = np.random.default_rng(1)
-    images, maps = rng.random((12, 16, 16)), rng.random((12, 16, 16))
+    images, maps = rng.random((12, h, w)), rng.random((12, h, w))
     expected_red = [
         f"d{d} -> {p[:5]}" for d, p, t in zip(cells.day, predicted, labels, strict=True) if p != t
     ]
@@ -41,12 +43,12 @@ def test_gallery_places_every_crop_and_marks_wrong_fates_red() -> None:
     (ax,) = fig.axes
     (sheet,) = ax.get_images()
     data = np.asarray(sheet.get_array())
-    assert data.shape == (3 * (16 + GAP + TITLE_ROOM), 4 * (16 + GAP), 3)
+    assert data.shape == (3 * (h + GAP + TITLE_ROOM), 4 * (w + GAP), 3)
     for i in range(12):  # tile of cell i: its own overlay at its row (fate) and column (day)
         r, c = divmod(i, 4)
-        top, left = r * (16 + GAP + TITLE_ROOM) + TITLE_ROOM, c * (16 + GAP)
+        top, left = r * (h + GAP + TITLE_ROOM) + TITLE_ROOM, c * (w + GAP)
         np.testing.assert_allclose(
-            data[top : top + 16, left : left + 16], overlay(images[i], maps[i])
+            data[top : top + h, left : left + w], overlay(images[i], maps[i])
         )
     titles = [t for t in ax.texts if "->" in t.get_text()]
     red = [t.get_text() for t in titles if t.get_color() == "red"]
