@@ -53,6 +53,7 @@ def test_run_records_params_metrics_and_artifacts(tracked):
         "test/auroc",
         "test/ece",
         "test/ece_uncalibrated",
+        "test/ece_floor",
         "test/ood_frac",
         "test/acc_day1",
         "test/acc_day7",

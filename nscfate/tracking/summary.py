@@ -18,6 +18,7 @@ from nscfate.evaluation.evaluate import (
     TEST_ACC,
     TEST_AUROC,
     TEST_ECE,
+    TEST_ECE_FLOOR,
     TEST_ECE_RAW,
     TEST_F1,
     TEST_OOD,
@@ -62,7 +63,8 @@ def print_summary(cfg: DictConfig, result) -> None:
     console.print(
         f"test acc {m.get(TEST_ACC, nan):.3f} | test macro-F1 {m.get(TEST_F1, nan):.3f}"
         f" | AUROC {m.get(TEST_AUROC, nan):.3f} | ECE {m.get(TEST_ECE, nan):.3f}"
-        f" (uncalibrated {m.get(TEST_ECE_RAW, nan):.3f})"
+        f" (uncalibrated {m.get(TEST_ECE_RAW, nan):.3f}; perfect calibration would measure"
+        f" {m.get(TEST_ECE_FLOOR, nan):.3f} on these cells)"
         f" | OOD-flagged {m.get(TEST_OOD, nan):.1%}"
         f" | objective {cfg.objective} = {result.objective:.4f}"
     )
