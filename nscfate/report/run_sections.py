@@ -105,7 +105,9 @@ def confusion(run: RunData) -> h.Section:
 
 def calibration(run: RunData) -> h.Section:
     """The logged reliability diagram, before and after calibration, with the ECEs."""
-    rows = [(k, run.metrics[k]) for k in (TEST_ECE_RAW, TEST_ECE, TEST_ECE_FLOOR) if k in run.metrics]
+    rows = [
+        (k, run.metrics[k]) for k in (TEST_ECE_RAW, TEST_ECE, TEST_ECE_FLOOR) if k in run.metrics
+    ]
     method = run.params.get("calibration.method", "?")
     body = h.paragraph(
         f"Calibration ({method}) fit on the validation split; expected calibration "
