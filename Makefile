@@ -92,8 +92,9 @@ test: $(VENV)/.installed-test | browser
 
 # The long end-to-end and fault tests (a lab export trained with the defaults, the browser, killed
 # workers, DDP, planted passwords, debug presets on the default data): CI runs them after make test.
+# Each test's time is listed at the end (setup, call and teardown of 1 s or more).
 test-slow: $(VENV)/.installed-test | browser
-	$(BIN)/pytest -m slow $(PYTEST_ARGS)
+	$(BIN)/pytest -m slow --durations=0 --durations-min=1 $(PYTEST_ARGS)
 
 test-all: $(VENV)/.installed-test | browser
 	$(BIN)/pytest $(PYTEST_ARGS)

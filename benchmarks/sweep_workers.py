@@ -8,8 +8,9 @@ Each sweep is one real ``nscfate-train -m search=default`` command over ``optimi
 sampler, no pruning, so every trial trains ``--epochs`` epochs) with ``model=small_cnn`` on synthetic
 data (``--cells`` per group), one thread per process (``OMP_NUM_THREADS=1``), the study and MLflow in
 fresh SQLite files of a temporary folder. The synthetic store is generated once before the first
-sweep. Reported: each sweep's wall seconds (the whole command, worker start-up included), trials
-finished, the workers that ran them, and the speed-up of B over A (median of the pairs' ratios).
+sweep. Reported: each sweep's wall seconds (the whole command, worker start-up included), its CPU
+seconds over all its processes and the cores that kept busy on average, trials finished, the workers
+that ran them, and the speed-up of B over A (median of the pairs' ratios).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -72,9 +74,14 @@ def run_sweep(root: Path, name: str, workers: int, args: argparse.Namespace) -> 
         *sweep_args(root, name, args.trials, args.epochs, args.cells),
         f"search.workers={workers}",
     ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=one_thread_env(), capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # every process of the sweep (worker 0 waits for the others): CPU seconds over wall seconds
+    # is how many cores it kept busy, which bounds what a second worker can add on two cores
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{root}/{name}-optuna.db")
@@ -87,6 +94,8 @@ def run_sweep(root: Path, name: str, workers: int, args: argparse.Namespace) -> 
         "name": name,
         "workers": workers,
         "seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu, 1),
+        "cores_busy": round(cpu / seconds, 2),
         "finished_trials": len(done),
         "trials_by_worker": sorted(by_worker.values()),
     }
