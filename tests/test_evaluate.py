@@ -76,3 +76,12 @@ def test_ece_floor_bins_as_torchmetrics_does():
         [float(multiclass_calibration_error(probs, y, 3, n_bins=ECE_BINS)) for y in draws]
     )
     assert abs(ece_floor(probs, draws=20) - expected) < 1e-6
+
+
+def test_a_diverged_model_has_no_ece_floor_rather_than_an_error():
+    """A run whose weights blew up gives NaN probabilities: the floor is NaN, as the ECE is, and
+    the run goes on to report its non-finite objective."""
+    probs, labels = calibrated(50, np.random.default_rng(6))
+    probs[3] = np.nan
+    metrics = classification_metrics(cells_from(probs, labels))
+    assert np.isnan(metrics[TEST_ECE_FLOOR])

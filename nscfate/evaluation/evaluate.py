@@ -287,6 +287,8 @@ def ece_floor(probs: torch.Tensor, draws: int = ECE_FLOOR_DRAWS, seed: int = 0) 
     720 test cells this floor is about 0.03, so a measured ECE near it cannot tell calibration
     errors from sampling noise; it shrinks as 1/sqrt(cells).
     """
+    if not torch.isfinite(probs).all():  # a diverged model: no distribution to draw labels from
+        return float("nan")
     gen = torch.Generator().manual_seed(seed)
     labels = torch.multinomial(probs.float(), draws, replacement=True, generator=gen).T
     # torchmetrics' binning (float32 top-1 confidences, right-closed bins), every draw at once
