@@ -414,6 +414,36 @@ def test_a_worker_whose_trial_was_reaped_goes_on(tmp_path):
     assert states == [TrialState.FAIL, TrialState.WAITING]  # the retry is what counts
 
 
+def test_a_grid_point_whose_worker_died_last_is_retried_not_lost(tmp_path):
+    """The killed-sweep race, without the kill: a resumed grid sweep takes the last free point
+    while the dead worker's trial still looks alive; when that trial is found dead, its retry
+    waits in the queue. The grid has no free point left (a failed point counts as visited), but
+    the retry must still be run, not the sweep ended one trial short."""
+    from omegaconf import OmegaConf
+
+    from nscfate.search.study import ExhaustibleGridSampler
+    from nscfate.search.sweeper import OptunaSweeper
+
+    storage = open_storage(f"sqlite:///{tmp_path}/o.db", heartbeat_interval=1, grace_period=1)
+    grid = {"lr": [0.001, 0.002, 0.003]}
+    space = {"lr": optuna.distributions.CategoricalDistribution(grid["lr"])}
+    study = optuna.create_study(
+        study_name="g", storage=storage, sampler=ExhaustibleGridSampler(grid, seed=0)
+    )
+    trials = [study.ask(space) for _ in range(3)]
+    for t in trials:
+        claim(t)
+    dead, *alive = trials
+    storage.record_heartbeat(dead._trial_id)  # its worker beat once, then was killed
+    for t in alive:
+        study.tell(t, 0.5)
+    time.sleep(2.5)  # longer than the grace period: the dead worker's trial is stale
+    assert recover_dead_trials(study, locked=True) == [dead.number]
+    search = OmegaConf.create({"n_trials": 3})
+    retry = OptunaSweeper._next_trial(study, type("S", (), {"distributions": space})(), search)
+    assert retry is not None and retry.params == dead.params
+
+
 def test_a_worker_waits_only_for_trials_whose_death_it_would_see(tmp_path):
     from nscfate.search.storage import watchable_running_trials
 
