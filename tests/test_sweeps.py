@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -440,7 +441,7 @@ def test_a_grid_point_whose_worker_died_last_is_retried_not_lost(tmp_path):
     time.sleep(2.5)  # longer than the grace period: the dead worker's trial is stale
     assert recover_dead_trials(study, locked=True) == [dead.number]
     search = OmegaConf.create({"n_trials": 3})
-    retry = OptunaSweeper._next_trial(study, type("S", (), {"distributions": space})(), search)
+    retry = OptunaSweeper._next_trial(study, SimpleNamespace(distributions=space), search)
     assert retry is not None and retry.params == dead.params
 
 

@@ -294,14 +294,13 @@ def ece_floor(probs: torch.Tensor, draws: int = ECE_FLOOR_DRAWS, seed: int = 0) 
     # torchmetrics' binning (float32 top-1 confidences, right-closed bins), every draw at once
     conf, predicted = probs.float().max(1)
     edges = torch.linspace(0, 1, ECE_BINS + 1, dtype=conf.dtype)
-    bins = torch.nn.functional.one_hot(torch.bucketize(conf, edges, right=True) - 1, ECE_BINS + 1)
-    count = bins.sum(0).to(conf.dtype)
-    in_bin = count > 0
-    mean_conf = (conf @ bins.to(conf.dtype))[in_bin] / count[in_bin]
-    accuracy = (labels.eq(predicted).to(conf.dtype) @ bins.to(conf.dtype))[:, in_bin] / count[
-        in_bin
-    ]
-    return float(((accuracy - mean_conf).abs() @ (count[in_bin] / len(conf))).mean())
+    index = torch.bucketize(conf, edges, right=True) - 1
+    bins = torch.nn.functional.one_hot(index, ECE_BINS + 1).to(conf.dtype)  # cells x bins
+    count = bins.sum(0)
+    per_bin = count.clamp_min(1)  # an empty bin weighs 0 below
+    mean_conf = conf @ bins / per_bin
+    accuracy = labels.eq(predicted).to(conf.dtype) @ bins / per_bin  # draws x bins
+    return float(((accuracy - mean_conf).abs() @ (count / len(conf))).mean())
 
 
 def accuracy_by_day(cells: pd.DataFrame) -> dict[float, float]:

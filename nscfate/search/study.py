@@ -40,7 +40,12 @@ class ExhaustibleGridSampler(optuna.samplers.GridSampler):
         pass
 
     def exhausted(self, study: optuna.Study) -> bool:
-        """True when every grid point is taken (running ones included)."""
+        """True when every grid point is taken (running ones included) and no retry waits.
+
+        A failed point counts as visited, so a dead worker's point re-queued after the last free
+        one was taken would otherwise end the sweep with its retry never run."""
+        if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+            return False
         return not self._get_unvisited_grid_ids(study)
 
 

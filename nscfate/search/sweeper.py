@@ -224,11 +224,7 @@ class OptunaSweeper:
         """A new claimed trial, WAIT, or None when this worker is done. Call under the lock."""
         if counted_trials(study) >= search.n_trials:
             return WAIT if watchable_running_trials(study) else None
-        # A failed point counts as visited, so a dead worker's grid point re-queued after the
-        # last free one was taken leaves the grid "exhausted": the queued retry still runs.
-        queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        grid = isinstance(study.sampler, ExhaustibleGridSampler)
-        if grid and not queued and study.sampler.exhausted(study):
+        if isinstance(study.sampler, ExhaustibleGridSampler) and study.sampler.exhausted(study):
             log.info("the grid is exhausted before search.n_trials=%d", search.n_trials)
             return None
         # Claimed under the lock, so recovery never mistakes a starting trial for a dead one.
