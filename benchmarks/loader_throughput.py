@@ -120,6 +120,28 @@ def crops_per_second(loader: DataLoader, n_crops: int, finish: Any = None) -> fl
                 return seen / (time.perf_counter() - started)
 
 
+def handoff_ms(batch_size: int, size: tuple[int, int], repeats: int = 50) -> dict[str, float]:
+    """Milliseconds per finished float batch: writing it into fresh private memory (what the
+    main process does with ``workers=0``), and writing it then moving it to shared memory (what
+    a loader worker does to hand it over: a new segment, page-faulted in, and a copy)."""
+    source = torch.rand(batch_size, 1, *size)
+
+    def private() -> torch.Tensor:
+        return source - 0.5
+
+    def shared() -> torch.Tensor:
+        return (source - 0.5).share_memory_()
+
+    out = {}
+    for name, fn in (("private", private), ("shared", shared)):
+        fn()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        out[name] = round((time.perf_counter() - start) / repeats * 1e3, 3)
+    return out
+
+
 def build(policy: str, workers: int, batch_size: int, data_dir: Path) -> dict[str, Any]:
     """The three loaders of one (policy, workers) cell."""
     cfg = OmegaConf.to_container(OmegaConf.load(CONF / "augmentation" / f"{policy}.yaml"))
@@ -186,10 +208,13 @@ def main() -> None:
             row |= {name: round(statistics.median(r)) for name, r in rates.items()}
             row["runs"] = {name: [round(v) for v in r] for name, r in rates.items()}
             row["speedup"] = round(row["batch_workers"] / row["per_crop"], 2)
+            row["handoff_ms_per_batch"] = handoff_ms(args.batch_size, (64, 64))
             print(
                 f"{policy:>6} workers={workers}: per_crop {row['per_crop']:>6} | batch_workers "
                 f"{row['batch_workers']:>6} | batch_device_on_cpu {row['batch_device_on_cpu']:>6}"
-                f" | device_loader {row['device_loader']:>6} crops/s (x{row['speedup']})",
+                f" | device_loader {row['device_loader']:>6} crops/s (x{row['speedup']}); a float"
+                f" batch costs {row['handoff_ms_per_batch']['shared']} ms to hand to another "
+                f"process, {row['handoff_ms_per_batch']['private']} ms to keep",
                 flush=True,
             )
             results.append(row)

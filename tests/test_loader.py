@@ -13,9 +13,9 @@ import torch
 from omegaconf import OmegaConf
 
 from benchmarks.loader_throughput import per_image_as_it_was
-from nscfate.augment import build_augmentation
+from nscfate.augment import batched, build_augmentation
 from nscfate.augment.batched import batched_policy
-from nscfate.data.datamodule import CellDataModule
+from nscfate.data.datamodule import BatchTransform, CellDataModule
 from nscfate.data.normalize import Normalizer, per_image, per_image_torch
 
 from .conftest import CONF
@@ -48,9 +48,19 @@ def _affine(border: int) -> A.Affine:
     )
 
 
+@pytest.fixture(params=["cpu", "batched"])
+def warp_path(request, monkeypatch):
+    """Both warps: crop by crop with cv2 (a CPU's) and batched torch (a GPU's, run here on the CPU)."""
+    if request.param == "batched":
+        monkeypatch.setattr(
+            batched, "warp", lambda x, fw, b, f: batched.warp_batched(x, torch.linalg.inv(fw), b, f)
+        )
+    return request.param
+
+
 @pytest.mark.parametrize("shape", [(64, 64), (45, 30), (57, 60)])  # the paper's and a lab's crops
 @pytest.mark.parametrize("border", [cv2.BORDER_REFLECT, cv2.BORDER_REPLICATE, cv2.BORDER_CONSTANT])
-def test_batched_affine_warps_like_albumentations(border, shape):
+def test_batched_affine_warps_like_albumentations(border, shape, warp_path):
     y, x = np.mgrid[: shape[0], : shape[1]]
     img = (0.5 + 0.3 * np.sin(x / 5.0) * np.cos(y / 7.0) + 0.1 * x / shape[1]).astype(np.float32)
     expected = A.Compose([_affine(border)], seed=0)(image=img)["image"]
@@ -59,7 +69,7 @@ def test_batched_affine_warps_like_albumentations(border, shape):
     np.testing.assert_allclose(out.numpy(), np.stack([expected] * 2), atol=1e-4)
 
 
-def test_batched_flips_and_quarter_turns_are_exact():
+def test_batched_flips_and_quarter_turns_are_exact(warp_path):
     """One resampling for the whole chain still lands flips and quarter turns on pixel centres:
     every output is exactly (bit for bit) one of the eight symmetries of the crop, and all eight
     occur."""
@@ -72,6 +82,31 @@ def test_batched_flips_and_quarter_turns_are_exact():
     which = [[i for i, sym in enumerate(symmetries) if np.array_equal(o, sym)] for o in out.numpy()]
     assert all(len(w) == 1 for w in which)
     assert {w[0] for w in which} == set(range(8))
+    _, resampled = twin.apply(torch.from_numpy(img)[None].repeat(8, 1, 1), torch.Generator())
+    assert not resampled.any()  # pixels only reordered: normalisation statistics unchanged
+
+
+def test_kept_normalisation_statistics_give_the_values_found_afresh():
+    """A crop's statistics are found once and kept; a batch normalised with kept statistics equals,
+    bit for bit, the same batch with every statistic found again: flipped and turned crops reuse
+    them, crops the Affine resampled get their own."""
+    crops = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (64, 32, 32), np.uint8))
+    light = OmegaConf.load(CONF / "augmentation" / "light.yaml")
+    transform = BatchTransform(
+        255, Normalizer("per_image"), batched_policy(build_augmentation(light))
+    )
+    known = torch.full((64, 2), float("nan"))
+    transform(crops, torch.Generator().manual_seed(3), known)  # an epoch: every statistic found
+    assert not known.isnan().any()
+    kept = known.clone()
+    again = transform(crops, torch.Generator().manual_seed(5), known)
+    afresh = transform(crops, torch.Generator().manual_seed(5))
+    assert torch.equal(again, afresh)
+    assert torch.equal(known, kept)  # a resampled crop's statistics are not kept for the next
+    _, resampled = transform.augment.apply(crops.float(), torch.Generator().manual_seed(5))
+    assert 10 < int(resampled.sum()) < 54  # both kinds of crop were in the batch (Affine p=0.5)
+    plain = BatchTransform(255, Normalizer("per_image"))
+    assert torch.equal(plain(crops, None, known.clone()), plain(crops, None))
 
 
 def test_policies_without_a_batched_twin_stay_per_crop():

@@ -18,9 +18,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import albumentations as A
 import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -127,15 +129,15 @@ def _affine(t: A.Affine) -> Warp | None:
         a = torch.deg2rad(_uniform(n, t.rotate, gen, dev) % 360)
         shx = torch.deg2rad(-_uniform(n, t.shear["x"], gen, dev)).tan()
         shy = torch.deg2rad(-_uniform(n, t.shear["y"], gen, dev)).tan()
-        one, zero = torch.ones_like(sx), torch.zeros_like(sx)
-        scale = _stack([[sx, zero, zero], [zero, sy, zero], [zero, zero, one]])
-        rotate = _stack([[a.cos(), a.sin(), zero], [-a.sin(), a.cos(), zero], [zero, zero, one]])
-        shear = _stack([[one, shx, zero], [shy, one, zero], [zero, zero, one]])
-        move = _stack([[one, zero, tx], [zero, one, ty], [zero, zero, one]])
+        # back @ move @ shear @ rotate @ scale @ to_corner, multiplied out (one stack, not five
+        # batched products): the linear part L = shear @ rotate @ scale moves p - centre
+        cos, sin = a.cos(), a.sin()
+        l00, l01 = (cos - shx * sin) * sx, (sin + shx * cos) * sy
+        l10, l11 = (shy * cos - sin) * sx, (shy * sin + cos) * sy
         cx, cy = w / 2 - 0.5, h / 2 - 0.5
-        to_corner = _fixed([[1, 0, -cx], [0, 1, -cy], [0, 0, 1]], n, dev)
-        back = _fixed([[1, 0, cx], [0, 1, cy], [0, 0, 1]], n, dev)
-        forward = back @ move @ shear @ rotate @ scale @ to_corner
+        ox, oy = cx + tx - (l00 * cx + l01 * cy), cy + ty - (l10 * cx + l11 * cy)
+        one, zero = torch.ones_like(sx), torch.zeros_like(sx)
+        forward = _stack([[l00, l01, ox], [l10, l11, oy], [zero, zero, one]])
         return _only(_chosen(n, t.p, gen, dev), forward)
 
     return Warp(matrices, t.border_mode, float(t.fill))
@@ -168,42 +170,103 @@ def _unit_centres(h: int, w: int, dtype: torch.dtype, device: torch.device) -> t
     return (_to_unit(h, w, device) @ _pixel_grid(h, w, device)).to(dtype)
 
 
-def warp(x: torch.Tensor, forward: torch.Tensor, border: int | None, fill: float) -> torch.Tensor:
+def warp(
+    x: torch.Tensor, forward: torch.Tensor, border: int | None, fill: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Resample crops ``x`` (N x H x W) so that source pixel p lands at ``forward @ p``: each output
     pixel is read at ``inverse(forward) @ p'``, as cv2.warpAffine does. A crop whose inverse has
-    whole-number entries (flips, quarter turns) is a reordering of its pixels and is read exactly
-    by index; every other crop is read bilinearly (``grid_sample``)."""
+    whole-number entries (flips, quarter turns) is a reordering of its pixels and is copied
+    exactly; every other crop is read bilinearly. On a CPU crop by crop (numpy views and
+    ``cv2.warpAffine``, what albumentations runs: 3x faster there than ``grid_sample``), on
+    another device in a few batched torch operations (:func:`warp_batched`).
+
+    Returns the crops and which of them were resampled (N booleans); the others only had their
+    pixels reordered."""
     backward = torch.linalg.inv(forward)
-    whole = (backward - backward.round()).abs().amax((1, 2)) < 1e-9
-    if bool(whole.all()):
-        return _reorder(x, backward.round(), border, fill)
-    if not bool(whole.any()):
-        return _resample(x, backward, border, fill)
-    out = torch.empty_like(x)
-    out[whole] = _reorder(x[whole], backward[whole].round(), border, fill)
-    out[~whole] = _resample(x[~whole], backward[~whole], border, fill)
-    return out
+    if x.device.type != "cpu":
+        return warp_batched(x, backward, border, fill)
+    src = x.detach().contiguous().numpy()
+    out = np.empty_like(src)
+    resampled = np.ones(len(src), dtype=bool)
+    back = backward.numpy()
+    rounded = np.rint(back)
+    whole = np.abs(back - rounded).max((1, 2)) < 1e-9
+    h, w = src.shape[1:]
+    flags, border = cv2.WARP_INVERSE_MAP, cv2.BORDER_REPLICATE if border is None else border
+    for i, crop in enumerate(src):
+        move = _dihedral(rounded[i].astype(int).tolist(), h, w) if whole[i] else None
+        if move is not None:
+            out[i], resampled[i] = _apply_dihedral(crop, *move), False
+            continue
+        mode = cv2.INTER_NEAREST if whole[i] else cv2.INTER_LINEAR  # nearest: exact off the crop
+        cv2.warpAffine(
+            crop,
+            back[i, :2],
+            (w, h),
+            dst=out[i],
+            flags=mode | flags,
+            borderMode=border,
+            borderValue=fill,
+        )
+    return torch.from_numpy(out), torch.from_numpy(resampled)
 
 
-def _reorder(
+def warp_batched(
     x: torch.Tensor, backward: torch.Tensor, border: int | None, fill: float
-) -> torch.Tensor:
-    """Crops moved by whole-number matrices: one gather by a source-pixel table per distinct matrix
-    (eight at most for flips and quarter turns). Reads from outside the crop need the border
-    rule: those crops go to ``grid_sample`` with nearest reads, which is exact too."""
-    m, h, w = x.shape
-    mats, which = torch.unique(backward.reshape(m, 9), dim=0, return_inverse=True)
-    src = (mats.reshape(-1, 3, 3)[:, :2] @ _pixel_grid(h, w, x.device)).round().long()
-    sx, sy = src[:, 0], src[:, 1]
-    if not bool(((sx >= 0) & (sx < w) & (sy >= 0) & (sy < h)).all()):
-        return _resample(x, backward, border, fill, mode="nearest")
-    table = sy * w + sx  # distinct matrices x (H*W): the source pixel of every output pixel
-    return x.reshape(m, h * w).gather(1, table[which]).reshape(m, h, w)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`warp` in batched torch operations (given the backward matrices): one copy per
+    distinct flip and quarter turn (eight at most), one ``grid_sample`` for the other crops."""
+    rounded = backward.round()
+    whole = (backward - rounded).abs().amax((1, 2)) < 1e-9
+    moves = {}
+    if bool(whole.any()):
+        mats, which = torch.unique(rounded[whole].long().reshape(-1, 9), dim=0, return_inverse=True)
+        moves = {i: _dihedral(m.reshape(3, 3).tolist(), *x.shape[1:]) for i, m in enumerate(mats)}
+    if any(move is None for move in moves.values()):  # reads off the crop: the border rule, exact
+        mode = "nearest" if bool(whole.all()) else "bilinear"
+        return _resample(x, backward, border, fill, mode), torch.ones_like(whole)
+    if not moves:
+        return _resample(x, backward, border, fill), ~whole
+    out = torch.empty_like(x)
+    where = whole.nonzero()[:, 0]
+    for i, (transpose, flips) in moves.items():
+        group = where[which == i]
+        out[group] = _apply_dihedral(x.index_select(0, group), transpose, flips)
+    if not bool(whole.all()):
+        rest = (~whole).nonzero()[:, 0]
+        out[rest] = _resample(x.index_select(0, rest), backward[rest], border, fill)
+    return out, ~whole
+
+
+def _dihedral(b: list[list[int]], h: int, w: int) -> tuple[bool, tuple[int, ...]] | None:
+    """A whole-number backward matrix (output pixel -> source pixel) as (transpose, flipped axes)
+    of a crop, or None when it reads outside the crop (a shift, or a turn of a non-square crop)."""
+    (b00, b01, b02), (b10, b11, b12), _ = b
+    if b01 == 0 and b10 == 0 and abs(b00) == 1 and abs(b11) == 1:  # src = (±x, ±y) + t
+        transpose, (sx, tx), (sy, ty) = False, (b00, b02), (b11, b12)
+    elif b00 == 0 and b11 == 0 and abs(b01) == 1 and abs(b10) == 1 and h == w:  # (±y, ±x) + t
+        transpose, (sx, tx), (sy, ty) = True, (b10, b12), (b01, b02)
+    else:
+        return None
+    # out[y, x] = in[sy * y + ty, sx * x + tx] (of the transposed crop): each axis kept or reversed
+    if (tx, ty) != (0 if sx > 0 else w - 1, 0 if sy > 0 else h - 1):
+        return None
+    return transpose, tuple(axis for axis, sign in ((-2, sy), (-1, sx)) if sign < 0)
+
+
+def _apply_dihedral(x: Any, transpose: bool, flips: tuple[int, ...]) -> Any:
+    """Transpose and flip the last two axes of a tensor or an array (views where possible)."""
+    if isinstance(x, np.ndarray):
+        y = x.swapaxes(-2, -1) if transpose else x
+        return np.flip(y, flips) if flips else y
+    y = x.transpose(-2, -1) if transpose else x
+    return y.flip(flips) if flips else y
 
 
 def _resample(
     x: torch.Tensor, backward: torch.Tensor, border: int | None, fill: float, mode: str = "bilinear"
 ) -> torch.Tensor:
+    """Read each output pixel of crops ``x`` at ``backward @ p`` with ``grid_sample``."""
     n, h, w = x.shape
     to_unit = _to_unit(h, w, x.device)
     theta = (to_unit @ backward @ torch.linalg.inv(to_unit))[:, :2].to(x.dtype)
@@ -235,24 +298,27 @@ class BatchedPolicy:
         self.warps, self.names = warps, names
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return self.apply(x, gen)[0]
+
+    def apply(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The augmented crops and which of them were resampled (N booleans): the others are
+        their input with the pixels reordered (a flip or quarter turn, or none)."""
         n, h, w = x.shape
+        resampled = torch.zeros(n, dtype=torch.bool, device=x.device)
         forward, border, fill = None, None, 0.0
         for step in self.warps:
-            if (
-                border is not None
-                and step.border is not None
-                and (step.border, step.fill)
-                != (
-                    border,
-                    fill,
-                )
-            ):  # two transforms that fill their borders differently: resample in between
-                x, forward, border = warp(x, forward, border, fill), None, None
+            refills = step.border is not None and (step.border, step.fill) != (border, fill)
+            if border is not None and refills:  # borders filled two ways: resample in between
+                x, moved = warp(x, forward, border, fill)
+                resampled, forward, border = resampled | moved, None, None
             moves = step.matrices(n, h, w, gen, x.device)
             forward = moves if forward is None else moves @ forward
             if step.border is not None:
                 border, fill = step.border, step.fill
-        return warp(x, forward, border, fill) if forward is not None else x
+        if forward is None:
+            return x, resampled
+        x, moved = warp(x, forward, border, fill)
+        return x, resampled | moved
 
 
 def batched_policy(policy: A.Compose | None) -> BatchedPolicy | None:

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from nscfate.augment import build_augmentation, check_keeps_shape, seed_policy
 from nscfate.augment.batched import BatchedPolicy, batched_policy
 from nscfate.data.imageio import fit_to_size
-from nscfate.data.normalize import Normalizer, to_unit_float
+from nscfate.data.normalize import Normalizer, apply_per_image, per_image_stats, to_unit_float
 from nscfate.data.schema import CLASSES
 from nscfate.data.splits import (
     INDEP,
@@ -55,18 +55,38 @@ TRANSFORM_ON = ("workers", "device")
 class BatchTransform:
     """What a batch of crops goes through once it is a batch: to float in [0, 1] (integer crops, by
     the store's white level), the batched augmentation (training crops only) and normalisation, in
-    torch on whatever device holds the batch. Returns float32 N x 1 x H x W."""
+    torch on whatever device holds the batch. Returns float32 N x 1 x H x W.
+
+    ``known``: per-image normalisation statistics of these crops as read (N x 2, NaN where not yet
+    known), filled in place. A crop that augmentation only flipped or turned keeps them exactly, so
+    a loader that keeps them per crop finds each crop's quantiles once, not every epoch."""
 
     def __init__(
         self, white_level: int, normalizer: Normalizer, augment: BatchedPolicy | None = None
     ) -> None:
         self.white_level, self.normalizer, self.augment = white_level, normalizer, augment
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def __call__(
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator | None,
+        known: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         x = images if images.is_floating_point() else images.float().div_(self.white_level)
-        if self.augment is not None and generator is not None:
-            x = self.augment(x, generator)
-        return self.normalizer.torch(x)[:, None].contiguous()
+        augment = self.augment if generator is not None else None
+        if known is None or self.normalizer.mode != "per_image":
+            x = augment(x, generator) if augment is not None else x
+            return self.normalizer.torch(x)[:, None].contiguous()
+        missing = known[:, 0].isnan()
+        if bool(missing.any()):
+            known[missing] = per_image_stats(x[missing])
+        stats = known
+        if augment is not None:
+            x, resampled = augment.apply(x, generator)
+            if bool(resampled.any()):  # a resampled crop has statistics of its own
+                stats = known.clone()
+                stats[resampled] = per_image_stats(x[resampled])
+        return apply_per_image(x, stats)[:, None].contiguous()
 
 
 class CellCrops(Dataset):
@@ -91,6 +111,10 @@ class CellCrops(Dataset):
         #: Draws the batched augmentation in a worker (seeded per worker by ``_seed_worker``).
         self.generator = torch.Generator().manual_seed(0)
         self._images: np.ndarray | None = None  # opened lazily: a memmap must not cross processes
+        #: Each crop's per-image normalisation statistics as read (NaN until its first batch), kept
+        #: by each process that finishes batches: the quantiles of a crop cost more than the rest
+        #: of its batch work, and only a resampled (Affine) crop needs new ones.
+        self._stats: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -114,7 +138,14 @@ class CellCrops(Dataset):
             images = torch.from_numpy(raw.astype(np.int32) if raw.dtype == np.uint16 else raw)
         if not self.on_device:
             gen = self.generator if self.transform.augment is not None else None
-            images = self.transform(images, gen)
+            if self.augment is not None:  # crops augmented one by one: statistics of their own
+                images = self.transform(images, gen)
+            else:
+                if self._stats is None:
+                    self._stats = torch.full((len(self.rows), 2), float("nan"))
+                known = self._stats[where]
+                images = self.transform(images, gen, known)
+                self._stats[where] = known
         return {
             "image": images,
             "label": torch.from_numpy(self.labels[where]),

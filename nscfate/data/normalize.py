@@ -63,6 +63,21 @@ def per_image_torch(x: torch.Tensor) -> torch.Tensor:
     return d.div_(spread[..., None, None])  # d is our own: in place saves a pass over the batch
 
 
+def per_image_stats(x: torch.Tensor) -> torch.Tensor:
+    """Each crop's (background, spread) as :func:`per_image_torch` finds them (``...x2``). They do
+    not change when a crop's pixels are only reordered (flips, quarter turns), so a loader may keep
+    them per crop; :func:`apply_per_image` then gives bit for bit what ``per_image_torch`` does."""
+    background = border_median_torch(x)
+    d = x - background[..., None, None]
+    spread = quantile(d.abs().flatten(-2), SPREAD_QUANTILE).clamp_min(MIN_SPREAD)
+    return torch.stack([background, spread], -1)
+
+
+def apply_per_image(x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+    """Normalise crops ``x`` (``...xHxW``) by their :func:`per_image_stats` (``...x2``)."""
+    return (x - stats[..., 0, None, None]).div_(stats[..., 1, None, None])
+
+
 def quantile(x: torch.Tensor, q: float) -> torch.Tensor:
     """The ``q`` quantile along the last dimension with numpy's default (linear) interpolation.
 
