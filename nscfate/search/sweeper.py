@@ -9,11 +9,9 @@ is recorded and the sweep goes on until ``search.max_failure_rate`` is passed.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +45,8 @@ from nscfate.search.storage import (
 from nscfate.search.study import ExhaustibleGridSampler, load_study, study_name
 from nscfate.search.workers import (
     check_workers,
-    failed_workers,
-    local_workers,
     run_slurm_workers,
     run_workers,
-    visible_gpus,
 )
 from nscfate.tracking.connection import connect
 from nscfate.tracking.registry import candidate_from_run, register
@@ -121,29 +116,28 @@ class OptunaSweeper:
             parent,
         )
         if int(search.get("workers", 1)) > 1 or search.get("backend", "local") == "slurm":
-            here = functools.partial(self._run_trials, study, space, search, parent, client)
-            self._run_workers(study, search, here)
+            self._run_workers(study, search)
         else:
             self._run_trials(study, space, search, parent, client)
         return self._finish(study, search, client, parent)
 
-    def _run_workers(
-        self, study: optuna.Study, search: DictConfig, run_here: Callable[[], None]
-    ) -> None:
+    def _run_workers(self, study: optuna.Study, search: DictConfig) -> None:
         """Run the study by ``search.workers`` workers, each this command as one worker: local
-        processes (on a CPU-only machine this process is worker 0, ``run_here``, and starts the
-        others), or a SLURM job array (``search.backend=slurm``, ``search.sbatch`` options). A
-        worker that died is an error only if the others could not finish the study."""
+        processes, or a SLURM job array (``search.backend=slurm``, ``search.sbatch`` options); this
+        process waits for them. A worker that died is an error only if the others could not finish
+        the study.
+
+        This process trains in none of them, on a CPU too: beside the one worker it started, it
+        trained 40 % slower per epoch than that worker did (the same work, both busy all the time;
+        cause not found), while two started workers train as fast as one alone
+        (``benchmarks/sweep_workers.py``). With GPUs a process must also be told its GPU before it
+        touches CUDA."""
         n, sweep_dir = int(search.workers), Path(self.config.hydra.sweep.dir)
         if search.get("backend", "local") == "slurm":
             options = [str(o) for o in search.get("sbatch") or []]
             failed = run_slurm_workers(n, sweep_dir, f"nscfate-{study.study_name}", options)
-        elif visible_gpus():  # one process per GPU, each told its GPU before it touches CUDA
+        else:
             failed = run_workers(n, sweep_dir)
-        else:  # this process has paid its start-up: it trains as worker 0 beside n - 1 others
-            with local_workers(range(1, n), sweep_dir) as others:
-                run_here()
-            failed = failed_workers(others)
         if not failed:
             return
         done = counted_trials(study) >= search.n_trials and not watchable_running_trials(study)

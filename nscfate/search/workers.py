@@ -1,24 +1,21 @@
 """``search.workers=N``: one command runs N local workers on one study.
 
 Each started worker is the same ``nscfate-train -m`` command line with ``search.workers=1`` and its
-own sweep folder, a separate process (its own interpreter, its own CUDA context). When GPUs are
-visible each worker sees one of them (``CUDA_VISIBLE_DEVICES``, round-robin) and the command starts
-all N; on a CPU-only machine the command itself is worker 0 and starts N - 1 (it has paid its
-start-up already; a GPU split must happen before a process touches CUDA, so not there). The workers share the study
-through its storage and its lock exactly as workers started by hand do, so together they finish
-``search.n_trials``; a worker that dies has its trial re-run by the others.
+own sweep folder, a separate process (its own interpreter, its own CUDA context). The command starts
+all N and waits for them. When GPUs are visible each worker sees one of them
+(``CUDA_VISIBLE_DEVICES``, round-robin). The workers share the study through its storage and its
+lock exactly as workers started by hand do, so together they finish ``search.n_trials``; a worker
+that dies has its trial re-run by the others.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 from nscfate.errors import NscfateError
@@ -85,23 +82,11 @@ def worker_env(index: int, gpus: list[str]) -> dict[str, str]:
 def run_workers(n: int, sweep_dir: Path, argv: list[str] | None = None) -> list[str]:
     """Start ``n`` local workers and wait for all; the ones that failed (empty if none).
     Interrupting the parent stops the workers (a later run recovers their trials)."""
-    with local_workers(range(n), sweep_dir, argv) as workers:
-        pass
-    return failed_workers(workers)
-
-
-@contextlib.contextmanager
-def local_workers(
-    indices: range, sweep_dir: Path, argv: list[str] | None = None
-) -> Iterator[dict[int, subprocess.Popen]]:
-    """Start the workers numbered ``indices`` (by index); the block runs while they do (the
-    parent may train as worker 0 meanwhile). Leaving it waits for every worker; leaving it by an
-    exception (an interrupt) stops them instead (a later run recovers their trials)."""
     argv = sys.argv[1:] if argv is None else argv
     gpus = visible_gpus()
     procs: dict[int, subprocess.Popen] = {}
     try:
-        for i in indices:
+        for i in range(n):
             procs[i] = subprocess.Popen(worker_command(argv, sweep_dir, i), env=worker_env(i, gpus))
             log.info(
                 "worker %d: pid %d%s",
@@ -109,7 +94,6 @@ def local_workers(
                 procs[i].pid,
                 f", CUDA_VISIBLE_DEVICES={gpus[i % len(gpus)]}" if gpus else "",
             )
-        yield procs
         for proc in procs.values():
             proc.wait()
     finally:
@@ -117,10 +101,11 @@ def local_workers(
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait()
+    return failed_workers(procs)
 
 
 def failed_workers(procs: dict[int, subprocess.Popen]) -> list[str]:
-    """The workers of :func:`local_workers` that exited with an error, e.g. ``worker 1 (exit 2)``."""
+    """The workers of :func:`run_workers` that exited with an error, e.g. ``worker 1 (exit 2)``."""
     return [f"worker {i} (exit {p.returncode})" for i, p in procs.items() if p.returncode != 0]
 
 
