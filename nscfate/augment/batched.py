@@ -8,9 +8,11 @@ border mode) and draws them from the same distributions, so a policy means the s
 paths (tests compare them transform by transform). A policy with any other transform (blur, defocus,
 noise) stays per-sample.
 
-The geometric twins (flips, quarter turns, Affine) are matrices: consecutive ones are multiplied and
-the batch is resampled once (``grid_sample``), which is exact for flips and quarter turns (they land
-on pixel centres) and one bilinear interpolation for the whole chain.
+The geometric twins (flips, quarter turns, Affine) are matrices, drawn for the whole batch in
+torch: consecutive ones are multiplied and each crop is moved once (:func:`warp`). A crop whose
+matrix is a flip or quarter turn is copied exactly (its pixels reordered); any other crop gets one
+bilinear interpolation for the whole chain: on a CPU by ``cv2.warpAffine`` crop by crop, on a GPU by
+one ``grid_sample`` for the batch.
 """
 
 from __future__ import annotations
