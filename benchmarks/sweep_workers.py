@@ -160,12 +160,11 @@ def main() -> None:
     p.add_argument("--out", default=str(HERE.parent / "results" / "sweep_workers.json"))
     p.add_argument("--probe", action="store_true", help="run the probe loop once, print seconds")
     args = p.parse_args()
+    sys.path.insert(0, str(HERE.parents[1]))
     if args.probe:
-        sys.path.insert(0, str(HERE.parents[1]))
         print(f"{probe():.3f}")
         return
     load_before = os.getloadavg()
-    sys.path.insert(0, str(HERE.parents[1]))
     from nscfate.files import atomic_write
 
     sweeps, scaling = [], []

@@ -77,15 +77,16 @@ class BatchTransform:
         if known is None or self.normalizer.mode != "per_image":
             x = augment(x, generator) if augment is not None else x
             return self.normalizer.torch(x)[:, None].contiguous()
-        missing = known[:, 0].isnan()
-        if bool(missing.any()):
-            known[missing] = per_image_stats(x[missing])
+        missing = known[:, 0].isnan().nonzero()[:, 0]
+        if len(missing):
+            known[missing] = per_image_stats(x.index_select(0, missing))
         stats = known
         if augment is not None:
             x, resampled = augment.apply(x, generator)
-            if bool(resampled.any()):  # a resampled crop has statistics of its own
+            moved = resampled.nonzero()[:, 0]
+            if len(moved):  # a resampled crop has statistics of its own
                 stats = known.clone()
-                stats[resampled] = per_image_stats(x[resampled])
+                stats[moved] = per_image_stats(x.index_select(0, moved))
         return apply_per_image(x, stats)[:, None].contiguous()
 
 

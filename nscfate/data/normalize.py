@@ -58,9 +58,7 @@ def border_median_torch(x: torch.Tensor, border: int = BORDER) -> torch.Tensor:
 def per_image_torch(x: torch.Tensor) -> torch.Tensor:
     """Per-image normalisation of a float tensor of crops (``...xHxW``) on its own device: what the
     datamodule applies to a whole batch once it is on the device that trains."""
-    d = x - border_median_torch(x)[..., None, None]
-    spread = quantile(d.abs().flatten(-2), SPREAD_QUANTILE).clamp_min(MIN_SPREAD)
-    return d.div_(spread[..., None, None])  # d is our own: in place saves a pass over the batch
+    return apply_per_image(x, per_image_stats(x))
 
 
 def per_image_stats(x: torch.Tensor) -> torch.Tensor:
