@@ -45,7 +45,7 @@ from nscfate.data.store import open_store
 from nscfate.estimation import EstimationSettings, FateEstimator, fit_estimator
 from nscfate.estimation.calibration import METHODS as CALIBRATIONS
 from nscfate.estimation.calibration import fit_calibration
-from nscfate.estimation.quantify import METHODS, Reference, estimate
+from nscfate.estimation.quantify import METHODS, RESAMPLING, Reference, estimate
 from nscfate.evaluation.evaluate import LOGIT_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,8 +151,14 @@ def oracle_grid(run: mlflow.entities.Run, seed: int) -> dict:
     }
 
 
-#: Calibration + method pairs whose intervals are also measured (coverage, half-width).
-INTERVAL_CANDIDATES = ("ts+emq", "bcts+emq", "vs+emq", "bcts+pacc")
+#: Calibration + method / resampling whose intervals are also measured (coverage, half-width):
+#: ``cultures`` resamples the validation cultures and the condition's, ``val_cultures`` the
+#: validation cultures only (the condition's cells), ``cells`` cells on both sides.
+INTERVAL_CANDIDATES = tuple(
+    f"{pair}/{resample}"
+    for pair in ("ts+emq", "bcts+emq", "vs+emq", "bcts+pacc")
+    for resample in (*RESAMPLING, "val_cultures")
+)
 
 
 def interval_grid(cells: pd.DataFrame, estimator: FateEstimator) -> dict:
@@ -160,13 +166,23 @@ def interval_grid(cells: pd.DataFrame, estimator: FateEstimator) -> dict:
     indep = cells[cells["split"].str.startswith("indep:")]
     out = {}
     for pair in INTERVAL_CANDIDATES:
-        calibration, method = pair.split("+")
-        settings = EstimationSettings(calibration=calibration, quantify=method)
-        candidate = fit_estimator(settings, estimator.val_logits, estimator.val_labels)
+        calibration, method, resample = pair.replace("/", "+").split("+")
+        settings = EstimationSettings(
+            calibration=calibration, quantify=method, resample=resample.removeprefix("val_")
+        )
+        candidate = fit_estimator(
+            settings,
+            estimator.val_logits,
+            estimator.val_labels,
+            val_cultures=estimator.val_cultures,
+        )
         hits, halves, errors = [], [], []
         for i, (_, group) in enumerate(indep.groupby("condition")):
             truth = group["label"].value_counts(normalize=True).reindex(CLASSES, fill_value=0)
-            interval = candidate.fractions(group[LOGIT_COLUMNS].to_numpy(), seed=i)
+            cultures = None if resample == "val_cultures" else group["batch"].to_numpy()
+            interval = candidate.fractions(
+                group[LOGIT_COLUMNS].to_numpy(), seed=i, cultures=cultures
+            )
             truth = truth.to_numpy()
             hits += list((interval.low <= truth) & (truth <= interval.high))
             halves += list((interval.high - interval.low) / 2)

@@ -194,3 +194,102 @@ def test_the_oracle_through_the_runs_correction_recovers_the_inducer_fractions()
     counted = oracle_fraction_errors(oracle, index, split, EstimationSettings(quantify="cc"))
     assert corrected["frac_mae"] < 0.01 and corrected["frac_max_err"] < 0.02
     assert counted["frac_mae"] > 3 * corrected["frac_mae"]  # the correction is what gets it there
+
+
+def test_batched_em_with_bootstrap_weights_equals_em_on_the_drawn_cells():
+    from quapy.method.aggregative import EMQ
+
+    from nscfate.estimation.quantify import em_rounds
+
+    rng = np.random.default_rng(6)
+    priors = rng.dirichlet([3, 3, 3], 4)
+    posteriors = rng.dirichlet([1, 1, 1], (4, 50))
+    picks = [rng.integers(0, 50, 50 + 10 * b) for b in range(4)]  # draws of different sizes
+    weights = np.stack([np.bincount(p, minlength=50) for p in picks])
+    batched = em_rounds(priors, posteriors, weights)
+    for b in range(4):
+        expected, _ = EMQ.EM(priors[b], posteriors[b][picks[b]])
+        assert np.allclose(batched[b], expected, atol=1e-10), b
+
+
+def test_culture_draws_keep_whole_cultures_within_their_fate():
+    from nscfate.estimation.quantify import Resampler
+
+    cultures = np.repeat(np.arange(6), [10, 20, 30, 10, 20, 30])
+    labels = np.repeat([0, 0, 0, 1, 1, 2], [10, 20, 30, 10, 20, 30])
+    resampler = Resampler(len(labels), cultures, labels)
+    sizes = np.bincount(cultures)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(20):
+        pick = resampler.draw(rng)
+        times = np.bincount(cultures[pick], minlength=6) / sizes  # how often each was drawn
+        assert np.allclose(times, times.round())  # whole cultures: all their cells, each time
+        # as many cultures per fate as the fate has: 3 of fate 0, 2 of fate 1, 1 of fate 2
+        assert times[:3].sum() == 3 and times[3:5].sum() == 2 and times[5] == 1
+        seen |= set(np.flatnonzero(times > 1))
+        assert len(np.unique(pick)) < len(pick)  # cells are drawn with replacement too
+    assert seen  # and cultures are drawn with replacement
+    assert len(Resampler(7).draw(rng)) == 7  # no cultures: a draw over cells
+
+
+def clustered(rng, labels_per_culture, spread=0.8):
+    """Logits whose errors move with the culture: each culture adds its own class bias."""
+    logits = [
+        2.0 * np.eye(K)[y] + rng.normal(0, spread, K) + rng.normal(0, 1.0, (len(y), K))
+        for y in labels_per_culture
+    ]
+    cultures = np.repeat(np.arange(len(logits)), [len(y) for y in labels_per_culture])
+    return np.concatenate(logits), np.concatenate(labels_per_culture), cultures
+
+
+def test_intervals_over_cultures_cover_when_errors_move_with_the_culture():
+    """The demo's design: 4 validation cultures per fate, one fate each, and a condition of 20 mixed
+    cultures. A bootstrap over cells treats them as independent cells and misses the truth in most
+    intervals; the two-stage bootstrap over cultures covers it."""
+    coverage = {}
+    for resample in ("cells", "cultures"):
+        hits = []
+        for trial in range(10):
+            rng = np.random.default_rng(100 + trial)
+            val = clustered(rng, [np.full(40, k) for k in range(K) for _ in range(4)])
+            target = clustered(rng, [rng.choice(K, 40, p=[0.5, 0.3, 0.2]) for _ in range(20)])
+            settings = EstimationSettings(n_boot=100, resample=resample)
+            estimator = fit_estimator(settings, val[0], val[1], val_cultures=val[2])
+            interval = estimator.fractions(target[0], seed=trial, cultures=target[2])
+            truth = np.bincount(target[1], minlength=K) / len(target[1])
+            hits += list((interval.low <= truth) & (truth <= interval.high))
+        coverage[resample] = np.mean(hits)
+    assert coverage["cells"] < 0.6, coverage
+    assert coverage["cultures"] >= 0.85, coverage
+
+
+def test_validation_cultures_round_trip_and_bad_resampling_is_one_line():
+    rng = np.random.default_rng(7)
+    val = clustered(rng, [np.full(30, k) for k in range(K) for _ in range(2)])
+    names = np.array([f"plate-{c}" for c in val[2]])  # culture ids may be any labels
+    estimator = fit_estimator(EstimationSettings(n_boot=50), val[0], val[1], val_cultures=names)
+    buffer = io.BytesIO()
+    torch.save({ESTIMATION_KEY: estimator.state()}, buffer)
+    buffer.seek(0)
+    again = FateEstimator.from_state(torch.load(buffer, weights_only=True)[ESTIMATION_KEY])
+    assert np.array_equal(again.val_cultures, estimator.val_cultures)
+    target = clustered(rng, [rng.choice(K, 30) for _ in range(5)])
+    first = estimator.fractions(target[0], seed=1, cultures=target[2])
+    second = again.fractions(target[0], seed=1, cultures=target[2])
+    assert np.allclose(first.low, second.low) and np.allclose(first.high, second.high)
+    with pytest.raises(NscfateError, match="quantify.resample='plates': expected one of"):
+        EstimationSettings(resample="plates").check()
+
+
+def test_a_groups_cultures_are_resampled_unless_its_folders_sort_cells_by_fate():
+    import pandas as pd
+
+    from nscfate.evaluation.evaluate import sampled_cultures
+
+    wells = pd.DataFrame({"batch": ["NT3-d1-b0", "NT3-d1-b1", "plate2/B03"]})
+    assert sampled_cultures(wells).tolist() == ["NT3-d1-b0", "NT3-d1-b1", "plate2/B03"]
+    # <class>/[day]/[condition] folders (folder ingest): each folder holds one fate by design
+    sorted_by_fate = pd.DataFrame({"batch": ["neuron/day3/NT3", "astrocytes/day3/NT3"]})
+    assert sampled_cultures(sorted_by_fate) is None
+    assert sampled_cultures(pd.DataFrame({"source": ["x.png"]})) is None

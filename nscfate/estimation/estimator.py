@@ -20,6 +20,7 @@ from nscfate.estimation.calibration import METHODS as CALIBRATION_METHODS
 from nscfate.estimation.calibration import Calibration, fit_calibration
 from nscfate.estimation.ood import OodDetector, fit_ood
 from nscfate.estimation.quantify import (
+    RESAMPLING,
     Interval,
     Reference,
     bootstrap_references,
@@ -39,6 +40,7 @@ class EstimationSettings:
     quantify: str = "emq"
     n_boot: int = 200
     level: float = 0.95
+    resample: str = "cultures"
     false_alarm_rate: float = 0.01
     seed: int = 0
 
@@ -53,6 +55,10 @@ class EstimationSettings:
         if not 0 < self.false_alarm_rate < 1:
             raise NscfateError(
                 f"ood.false_alarm_rate={self.false_alarm_rate}: expected a number in (0, 1)"
+            )
+        if self.resample not in RESAMPLING:
+            raise NscfateError(
+                f"quantify.resample={self.resample!r}: expected one of {', '.join(RESAMPLING)}"
             )
         if not 0 < self.level < 1 or self.n_boot < 0:
             raise NscfateError(
@@ -70,6 +76,7 @@ class EstimationSettings:
             quantify=get("quantify", "method", cls.quantify),
             n_boot=int(get("quantify", "n_boot", cls.n_boot)),
             level=float(get("quantify", "level", cls.level)),
+            resample=get("quantify", "resample", cls.resample),
             false_alarm_rate=float(get("ood", "false_alarm_rate", cls.false_alarm_rate)),
             seed=int(cfg.get("seed", 0)),
         )
@@ -84,6 +91,8 @@ class FateEstimator:
     val_logits: np.ndarray
     val_labels: np.ndarray
     ood: OodDetector | None = None
+    #: Culture of each validation cell (codes), for the two-stage bootstrap; None where unknown.
+    val_cultures: np.ndarray | None = None
     _resamples: list = field(default=None, repr=False)  # type: ignore[assignment]
 
     @classmethod
@@ -119,9 +128,16 @@ class FateEstimator:
         """The validation cells' calibrated posteriors and labels."""
         return Reference(self.probabilities(self.val_logits), self.val_labels)
 
-    def fractions(self, logits: np.ndarray, seed: int = 0) -> Interval:
+    def by_culture(self) -> bool:
+        """Whether intervals resample cultures (the setting asks for it)."""
+        return self.settings.resample == "cultures"
+
+    def fractions(
+        self, logits: np.ndarray, seed: int = 0, cultures: np.ndarray | None = None
+    ) -> Interval:
         """Corrected fate fractions of one group of cells, with a bootstrap interval (NaN for a
-        diverged network)."""
+        diverged network). ``cultures``: the culture of each cell, for a two-stage bootstrap
+        (ignored under ``quantify.resample=cells``)."""
         if not (np.isfinite(logits).all() and np.isfinite(self.val_logits).all()):
             nan = np.full(np.asarray(logits).shape[1], np.nan)
             return Interval(nan, nan, nan)
@@ -132,6 +148,7 @@ class FateEstimator:
                 self.calibration,
                 self.settings.n_boot,
                 self.settings.seed,
+                self.val_cultures if self.by_culture() else None,
             )
         return estimate_with_interval(
             self.settings.quantify,
@@ -141,6 +158,7 @@ class FateEstimator:
             self._resamples,
             self.settings.level,
             seed,
+            cultures if self.by_culture() else None,
         )
 
     def state(self) -> dict:
@@ -151,6 +169,9 @@ class FateEstimator:
             "val_logits": torch.as_tensor(self.val_logits, dtype=torch.float64),
             "val_labels": torch.as_tensor(self.val_labels, dtype=torch.int64),
             "ood": self.ood.state() if self.ood is not None else None,
+            "val_cultures": None
+            if self.val_cultures is None
+            else torch.as_tensor(self.val_cultures, dtype=torch.int64),
         }
 
     @classmethod
@@ -162,6 +183,9 @@ class FateEstimator:
             np.asarray(state["val_logits"], dtype=np.float64),
             np.asarray(state["val_labels"], dtype=np.int64),
             OodDetector.from_state(state["ood"]) if state.get("ood") else None,
+            None
+            if state.get("val_cultures") is None
+            else np.asarray(state["val_cultures"], dtype=np.int64),
         )
 
 
@@ -172,15 +196,19 @@ def fit_estimator(
     train_features: np.ndarray | None = None,
     train_labels: np.ndarray | None = None,
     val_features: np.ndarray | None = None,
+    val_cultures: np.ndarray | None = None,
 ) -> FateEstimator:
-    """Fit calibration on the validation cells and, given features, the OOD detector."""
+    """Fit calibration on the validation cells and, given features, the OOD detector.
+    ``val_cultures``: the culture of each validation cell (any labels), kept for the intervals."""
     settings.check()
+    codes = None if val_cultures is None else np.unique(val_cultures, return_inverse=True)[1]
     if not np.isfinite(val_logits).all():  # a diverged network: nothing to calibrate or measure
         return FateEstimator(
             settings,
             Calibration.identity(np.asarray(val_logits).shape[1]),
             np.asarray(val_logits, np.float64),
             np.asarray(val_labels, np.int64),
+            val_cultures=codes,
         )
     calibration = fit_calibration(val_logits, val_labels, settings.calibration)
     ood = None
@@ -193,4 +221,5 @@ def fit_estimator(
         np.asarray(val_logits, np.float64),
         np.asarray(val_labels, np.int64),
         ood,
+        codes,
     )

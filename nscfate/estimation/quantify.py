@@ -9,7 +9,11 @@ on. The corrected methods use what the validation split says about the classifie
 
 The estimators are QuaPy's (``quapy.method.aggregative``), fed with posteriors the model already
 computed. Intervals bootstrap both the group's cells and the validation cells used for the
-correction (refitting the calibration on each validation resample).
+correction (refitting the calibration on each validation resample). Where the cultures are known
+the bootstrap is two-stage (Davison and Hinkley 1997, section 3.8): cultures, drawn within each fate
+for the validation cells, then cells within each drawn culture. Cells of one culture share its
+acquisition, and the network's errors move with it, so a bootstrap over cells alone treats a dozen
+cultures as hundreds of independent cells and its intervals are too narrow.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from nscfate.errors import NscfateError
 from nscfate.estimation.calibration import Calibration, fit_calibrations
 
 METHODS = ("cc", "pcc", "acc", "pacc", "emq")
+#: What the interval's bootstrap resamples: cultures then their cells (where known), or cells.
+RESAMPLING = ("cultures", "cells")
 
 
 @dataclass(frozen=True)
@@ -70,10 +76,15 @@ def estimate(method: str, probs: np.ndarray, reference: Reference) -> np.ndarray
 
 
 def em_rounds(
-    priors: np.ndarray, posteriors: np.ndarray, epsilon: float = EMQ.EPSILON
+    priors: np.ndarray,
+    posteriors: np.ndarray,
+    weights: np.ndarray | None = None,
+    epsilon: float = EMQ.EPSILON,
 ) -> np.ndarray:
     """QuaPy's ``EMQ.EM`` run on B problems at once (priors B x K, posteriors B x N x K): the same
     E and M steps and the same stopping rule for each problem, which stops as it converges.
+    ``weights`` (B x N, counts of a bootstrap draw): problem b is EM on its cells repeated that
+    many times, so draws of different sizes share one array.
 
     Each step is two batched matrix products (no B x N x K temporaries), and only the problems
     still running are computed: one that converged drops out of the arrays.
@@ -84,13 +95,16 @@ def em_rounds(
     qs = prior.copy()
     running = np.arange(len(prior))  # the problems not converged yet, in the arrays below
     post = np.asarray(posteriors, dtype=np.float64)
+    if weights is None:
+        weights = np.ones(post.shape[:2])
+    w = np.asarray(weights, dtype=np.float64)
+    w = w / w.sum(axis=1, keepdims=True)
     start, current = prior.copy(), qs.copy()
-    n = post.shape[1]
     for step in range(EMQ.MAX_ITER):
         ratio = current / start  # (R, K): E-step weights q / prior
         # M-step: mean over cells of ratio * p / (p . ratio), as QuaPy normalises each cell
         norm = np.matmul(post, ratio[:, :, None])[:, :, 0]  # (R, N)
-        new = ratio * np.matmul(1.0 / norm[:, None, :], post)[:, 0, :] / n
+        new = ratio * np.matmul((w / norm)[:, None, :], post)[:, 0, :]
         done = np.abs(new - current).mean(axis=1) < epsilon if step > 10 else None
         current = new
         if done is None or not done.any():
@@ -99,7 +113,8 @@ def em_rounds(
         keep = ~done
         if not keep.any():
             return qs
-        running, post, start, current = running[keep], post[keep], start[keep], current[keep]
+        running, post, w = running[keep], post[keep], w[keep]
+        start, current = start[keep], current[keep]
     qs[running] = current
     return qs
 
@@ -113,20 +128,54 @@ class Interval:
     high: np.ndarray
 
 
+class Resampler:
+    """Bootstrap draws of a set of cells: two-stage over cultures (``cultures`` per cell: cultures
+    drawn with replacement within each stratum, then cells within each drawn culture) or, without
+    cultures, over cells. A draw is an index array; its length varies with the cultures drawn."""
+
+    def __init__(
+        self, n: int, cultures: np.ndarray | None = None, strata: np.ndarray | None = None
+    ):
+        self.n = n
+        if cultures is None:
+            self.members = None
+            return
+        _, codes = np.unique(np.asarray(cultures), return_inverse=True)
+        self.members = [np.flatnonzero(codes == c) for c in range(codes.max() + 1)]
+        # a culture's stratum is its cells' majority stratum (a control culture is one fate)
+        stratum = np.asarray(strata) if strata is not None else np.zeros(n, dtype=np.int64)
+        of_culture = np.array([np.bincount(stratum[m]).argmax() for m in self.members])
+        self.strata = [np.flatnonzero(of_culture == s) for s in np.unique(of_culture)]
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        """Indices of one bootstrap draw."""
+        if self.members is None:
+            return rng.integers(0, self.n, self.n)
+        picks = []
+        for cultures in self.strata:
+            for c in cultures[rng.integers(0, len(cultures), len(cultures))]:
+                cells = self.members[c]
+                picks.append(cells[rng.integers(0, len(cells), len(cells))])
+        return np.concatenate(picks)
+
+
 def bootstrap_references(
     val_logits: np.ndarray,
     val_labels: np.ndarray,
     calibration: Calibration,
     n_boot: int,
     seed: int,
+    val_cultures: np.ndarray | None = None,
 ) -> list[tuple[Calibration, Reference]]:
-    """``n_boot`` resamples of the validation cells, each with its own refitted calibration
-    (all fitted at once, started from ``calibration``, the fit on all of them)."""
+    """``n_boot`` resamples of the validation cells (over their cultures within each fate, when
+    ``val_cultures`` is given), each with its own refitted calibration (all fitted at once, started
+    from ``calibration``, the fit on all of them)."""
     if n_boot <= 0:
         return []
     rng = np.random.default_rng(seed)
     n = len(val_labels)
-    picks = rng.integers(0, n, (n_boot, n))
+    resampler = Resampler(n, val_cultures, val_labels)
+    picks = [resampler.draw(rng) for _ in range(n_boot)]
     weights = np.stack([np.bincount(pick, minlength=n) for pick in picks])
     refits = fit_calibrations(val_logits, val_labels, weights, calibration.method, calibration)
     return [
@@ -143,21 +192,25 @@ def estimate_with_interval(
     resamples: list[tuple[Calibration, Reference]],
     level: float = 0.95,
     seed: int = 0,
+    cultures: np.ndarray | None = None,
 ) -> Interval:
-    """Estimate and percentile interval: each bootstrap round resamples the group's cells and uses
-    one validation resample (its calibration and reference)."""
+    """Estimate and percentile interval: each bootstrap round resamples the group's cells (two-stage
+    over ``cultures`` when given) and uses one validation resample (its calibration and reference)."""
     point = estimate(method, calibration.probabilities(logits), reference)
     if not resamples:
         return Interval(point, point.copy(), point.copy())
     rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(logits), (len(resamples), len(logits)))
-    probs = [
-        cal.probabilities(logits[pick]) for (cal, _), pick in zip(resamples, picks, strict=True)
-    ]
+    resampler = Resampler(len(logits), cultures)
+    picks = [resampler.draw(rng) for _ in resamples]
     if method == "emq":  # every round at once: EM's Python loop is the cost, not its arithmetic
-        draws = em_rounds(np.stack([ref.prior for _, ref in resamples]), np.stack(probs))
+        weights = np.stack([np.bincount(pick, minlength=len(logits)) for pick in picks])
+        probs = np.stack([cal.probabilities(logits) for cal, _ in resamples])
+        draws = em_rounds(np.stack([ref.prior for _, ref in resamples]), probs, weights)
     else:
-        draws = [estimate(method, p, ref) for p, (_, ref) in zip(probs, resamples, strict=True)]
+        draws = [
+            estimate(method, cal.probabilities(logits[pick]), ref)
+            for pick, (cal, ref) in zip(picks, resamples, strict=True)
+        ]
     alpha = (1 - level) / 2
     low, high = np.quantile(np.stack(draws), [alpha, 1 - alpha], axis=0)
     return Interval(point, np.minimum(low, point), np.maximum(high, point))

@@ -36,7 +36,7 @@ from torchmetrics.functional.classification import (
     multiclass_f1_score,
 )
 
-from nscfate.data.schema import CLASSES, LATENT_PREFIX
+from nscfate.data.schema import CLASSES, LATENT_PREFIX, canonical_label
 from nscfate.data.splits import INDEP, TEST, TRAIN, VAL, rows_of
 from nscfate.errors import NscfateError
 from nscfate.estimation import EstimationSettings, FateEstimator, fit_estimator
@@ -219,6 +219,7 @@ def fit_estimator_on(
         datamodule.loader(TRAIN, augmented=False, workers=0, limit_batches=limit_batches),
     )
     known = val.labels >= 0  # unlabelled cells (label -1) cannot teach the calibration
+    cultures = datamodule.store.index["batch"].to_numpy()[val.rows[known]]
     return fit_estimator(
         settings,
         val.logits[known],
@@ -226,6 +227,7 @@ def fit_estimator_on(
         train.features,
         train.labels,
         val.features,
+        cultures,
     )
 
 
@@ -356,13 +358,32 @@ def fate_fractions(
 
 def _group_estimate(group: pd.DataFrame, estimator: FateEstimator | None, seed: int) -> Interval:
     if estimator is not None:
-        return estimator.fractions(group[LOGIT_COLUMNS].to_numpy(), seed=seed)
+        logits = group[LOGIT_COLUMNS].to_numpy()
+        return estimator.fractions(logits, seed=seed, cultures=sampled_cultures(group))
     hard = np.eye(len(CLASSES))[group["predicted"].map(CLASSES.index).to_numpy()]
     rng = np.random.default_rng(seed)
     draws = [hard[rng.integers(0, len(hard), len(hard))].mean(0) for _ in range(200)]
     low, high = np.quantile(np.stack(draws), [0.025, 0.975], axis=0)
     point = hard.mean(0)
     return Interval(point, np.minimum(low, point), np.maximum(high, point))
+
+
+def sampled_cultures(group: pd.DataFrame) -> np.ndarray | None:
+    """The culture (``batch``) of each cell of a group whose cultures are samples of it, for the
+    interval's two-stage bootstrap; None (resample cells) without a batch column, or when a batch
+    path has a fate's name in it: a ``<class>/...`` folder tree sorts cells into folders by fate,
+    and resampling those folders would resample the fate mix itself."""
+    if "batch" not in group:
+        return None
+    cultures = group["batch"].astype(str).to_numpy()
+    for name in np.unique(cultures):
+        for part in name.split("/"):
+            try:
+                canonical_label(part)
+            except NscfateError:
+                continue
+            return None
+    return cultures
 
 
 def fraction_metrics(fractions: pd.DataFrame) -> dict[str, float]:
