@@ -141,7 +141,10 @@ class Resampler:
             self.members = None
             return
         _, codes = np.unique(np.asarray(cultures), return_inverse=True)
-        self.members = [np.flatnonzero(codes == c) for c in range(codes.max() + 1)]
+        # each culture's cells in ascending order, from one sort (not one scan per culture)
+        self.members = np.split(
+            np.argsort(codes, kind="stable"), np.cumsum(np.bincount(codes))[:-1]
+        )
         # a culture's stratum is its cells' majority stratum (a control culture is one fate)
         stratum = np.asarray(strata) if strata is not None else np.zeros(n, dtype=np.int64)
         of_culture = np.array([np.bincount(stratum[m]).argmax() for m in self.members])
