@@ -293,3 +293,24 @@ def test_a_groups_cultures_are_resampled_unless_its_folders_sort_cells_by_fate()
     sorted_by_fate = pd.DataFrame({"batch": ["neuron/day3/NT3", "astrocytes/day3/NT3"]})
     assert sampled_cultures(sorted_by_fate) is None
     assert sampled_cultures(pd.DataFrame({"source": ["x.png"]})) is None
+
+
+def test_known_labels_decide_whether_a_groups_cultures_sort_cells_by_fate():
+    """An IDEAS export names cultures ``a_1d1``, ``n_1d1`` (one fate each): no fate name in the
+    path, but the labels show it. A plate folder named ``1`` (also an alias of a fate) with mixed
+    wells is a sample of cultures."""
+    import pandas as pd
+
+    from nscfate.evaluation.evaluate import sampled_cultures
+
+    ideas = pd.DataFrame({"batch": ["a_1d1", "a_1d1", "n_1d1", "o_1d2"]})
+    ideas["label"] = ["astrocyte", "astrocyte", "neuron", "oligodendrocyte"]
+    assert sampled_cultures(ideas) is None
+    plate = pd.DataFrame({"batch": ["plate/1", "plate/1", "plate/2", "plate/2"]})
+    plate["label"] = ["neuron", "astrocyte", "neuron", "oligodendrocyte"]
+    assert sampled_cultures(plate).tolist() == ["plate/1", "plate/1", "plate/2", "plate/2"]
+    # one fate in the whole group says nothing about how cultures were made: the names decide
+    single = pd.DataFrame({"batch": ["w1", "w2"], "label": ["neuron", "neuron"]})
+    assert sampled_cultures(single).tolist() == ["w1", "w2"]
+    unlabelled = ideas.assign(label="")
+    assert sampled_cultures(unlabelled).tolist() == ["a_1d1", "a_1d1", "n_1d1", "o_1d2"]

@@ -370,20 +370,35 @@ def _group_estimate(group: pd.DataFrame, estimator: FateEstimator | None, seed: 
 
 def sampled_cultures(group: pd.DataFrame) -> np.ndarray | None:
     """The culture (``batch``) of each cell of a group whose cultures are samples of it, for the
-    interval's two-stage bootstrap; None (resample cells) without a batch column, or when a batch
-    path has a fate's name in it: a ``<class>/...`` folder tree sorts cells into folders by fate,
-    and resampling those folders would resample the fate mix itself."""
+    interval's two-stage bootstrap; None (resample cells) when cultures sort cells by fate, since
+    resampling those would resample the fate mix itself, or without a batch column.
+
+    Known labels decide: cultures sort cells by fate when the group holds several fates and every
+    culture only one (an IDEAS export's ``a_1d1``, ``n_1d1``). Without them, the names do: a batch
+    path with a fate's name in it is a ``<class>/...`` folder of the folder ingest.
+    """
     if "batch" not in group:
         return None
     cultures = group["batch"].astype(str).to_numpy()
-    for name in np.unique(cultures):
-        for part in name.split("/"):
-            try:
-                canonical_label(part)
-            except NscfateError:
-                continue
-            return None
+    labels = group["label"].astype(str) if "label" in group else pd.Series([], dtype=str)
+    known = labels != ""
+    if labels[known].nunique() > 1:
+        fates_per_culture = labels[known].groupby(cultures[known.to_numpy()]).nunique()
+        return None if (fates_per_culture == 1).all() else cultures
+    if any(_names_a_fate(name) for name in np.unique(cultures)):
+        return None
     return cultures
+
+
+def _names_a_fate(batch: str) -> bool:
+    """True when a part of a batch path is a fate's name or alias."""
+    for part in batch.split("/"):
+        try:
+            canonical_label(part)
+        except NscfateError:
+            continue
+        return True
+    return False
 
 
 def fraction_metrics(fractions: pd.DataFrame) -> dict[str, float]:
