@@ -1,0 +1,119 @@
+"""Does re-estimating batch-norm statistics on each inducer condition (AdaBN) lower the fraction error?
+
+    python benchmarks/bn_adaptation.py --reuse URI [--seeds 0,1,2,3,4]
+                                       [--out benchmarks/results/bn_adaptation.json]
+
+``URI`` is the tracking store a ``benchmarks/fate_estimates.py`` invocation left its runs in. The
+inducer conditions are imaged with more defocus, a lower NA and a noisier camera than the cultures
+the model learned from; AdaBN (Li et al. 2016) re-estimates the batch norms' running statistics on
+the target domain's images, with no labels. For each seed's demo model and each independent
+condition: the network as trained (``none``), with only its first batch norm's statistics
+re-estimated on that condition's crops (``first``: intensity, contrast and noise, before any
+fate-specific feature), and with every batch norm's (``all``). The run's saved calibration, OOD
+detector and correction are used unchanged; the figures are the corrected fraction error (mean and
+worst over conditions x fates), the counted one and the accuracy on the conditions' cells.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from mlflow import MlflowClient
+from torch import nn
+
+from nscfate.evaluation import evaluate as ev
+from nscfate.evaluation.checkpoint import checkpoint_estimator, rebuild
+from nscfate.tracking.fetch import fetch_run
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fate_estimates import EXPERIMENT  # noqa: E402  (a sibling script)
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = ("none", "first", "all")
+
+
+@torch.no_grad()
+def adapted(net: nn.Module, loader, variant: str) -> nn.Module:
+    """A copy of ``net`` whose (first or every) batch norm's statistics are those of ``loader``'s crops."""
+    net = copy.deepcopy(net).eval()
+    if variant == "none":
+        return net
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in norms[:1] if variant == "first" else norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over every batch
+        m.train()
+    for batch in loader:
+        net(batch["image"])
+    return net.eval()
+
+
+def analyse(uri: str, run_id: str, seed: int) -> dict:
+    """The three variants' figures on one run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint, _ = fetch_run(uri, run_id, Path(tmp))
+        rebuilt = rebuild(checkpoint)
+    estimator = checkpoint_estimator(rebuilt.ckpt, rebuilt.net, rebuilt.datamodule)
+    data = rebuilt.datamodule
+    parts = [p for p in data.parts if p.startswith(ev.INDEP)]
+    out = {"seed": seed, "run_id": run_id}
+    for variant in VARIANTS:
+        tables = []
+        for part in parts:
+            net = adapted(rebuilt.net, data.loader(part, workers=0), variant)
+            outputs = ev.infer(ev.inference_copy(net), data.loader(part, workers=0))
+            tables.append(ev.cell_table(outputs, estimator))
+        cells = ev.attach_cells(pd.concat(tables, ignore_index=True), data.store.index, data.split)
+        metrics = ev.fraction_metrics(ev.fate_fractions(cells, estimator))
+        out[variant] = {
+            "frac_mae": round(metrics[ev.FRAC_MAE], 4),
+            "frac_max_err": round(metrics[ev.FRAC_MAX_ERR], 4),
+            "frac_mae_raw": round(metrics[ev.FRAC_MAE_RAW], 4),
+            "acc": round(float((cells["predicted"] == cells["label"]).mean()), 4),
+        }
+        print(f"seed {seed} {variant}: {json.dumps(out[variant])}", flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--reuse", required=True, help="the store fate_estimates.py left its runs in"
+    )
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--out", default=str(REPO / "benchmarks/results/bn_adaptation.json"))
+    args = parser.parse_args()
+    client = MlflowClient(args.reuse)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    results = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        run = client.search_runs([experiment.experiment_id], f"tags.mlflow.runName = 'seed{seed}'")
+        results.append(analyse(args.reuse, run[0].info.run_id, seed))
+    summary = {
+        v: {
+            k: round(float(np.mean([r[v][k] for r in results])), 4)
+            for k in ("frac_mae", "frac_max_err", "frac_mae_raw", "acc")
+        }
+        for v in VARIANTS
+    }
+    report = {
+        "command": "python benchmarks/bn_adaptation.py --reuse <store of fate_estimates.py> "
+        f"--seeds {args.seeds}",
+        "summary_mean_over_seeds": summary,
+        "runs": results,
+    }
+    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
