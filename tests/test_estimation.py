@@ -314,3 +314,24 @@ def test_known_labels_decide_whether_a_groups_cultures_sort_cells_by_fate():
     assert sampled_cultures(single).tolist() == ["w1", "w2"]
     unlabelled = ideas.assign(label="")
     assert sampled_cultures(unlabelled).tolist() == ["a_1d1", "a_1d1", "n_1d1", "o_1d2"]
+
+
+def test_predict_warns_about_a_culture_whose_crops_are_mostly_out_of_distribution():
+    """Seed 3 of the demo: one test culture with 25 of its 60 cells flagged while the others flag
+    under 1 %. Its own warning names it; chance flags at the 1 % rate and small cultures do not."""
+    import pandas as pd
+
+    from nscfate.tracking.predict import culture_alarms
+
+    rng = np.random.default_rng(0)
+    plate = pd.DataFrame({"batch": np.repeat([f"w{i}" for i in range(12)], 60)})
+    plate["ood"] = rng.random(len(plate)) < 0.01
+    plate.loc[plate["batch"] == "w7", "ood"] = np.arange(60) < 25
+    plate["ood_score"] = 1.0
+    alarms = culture_alarms(plate)
+    assert len(alarms) == 1 and "'w7': 42% of its 60 crops" in alarms[0]
+    small = pd.DataFrame({"batch": ["a"] * 5 + ["b"] * 40, "ood": [True] * 5 + [False] * 40})
+    assert culture_alarms(small.assign(ood_score=1.0)) == []  # 5 cells: not judged
+    assert culture_alarms(plate.drop(columns="batch")) == []
+    assert culture_alarms(plate.assign(ood=True)) == []  # the plate-wide alarm says it already
+    assert culture_alarms(plate.assign(ood_score=np.nan)) == []  # no detector

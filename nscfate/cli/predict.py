@@ -29,6 +29,7 @@ def app(cfg: DictConfig) -> None:
     from nscfate.evaluation.evaluate import LOGIT_COLUMNS
     from nscfate.tracking.connection import check_reachable
     from nscfate.tracking.predict import (
+        culture_alarms,
         fate_fraction_table,
         load_model,
         ood_alarm,
@@ -50,6 +51,8 @@ def app(cfg: DictConfig) -> None:
     write_csv(kept, output)
     print(f"predicted {len(predictions)} cells with {cfg.model_uri} -> {output}")
     if (alarm := ood_alarm(predictions)) is not None:
+        print_alarm(alarm)
+    for alarm in culture_alarms(predictions):
         print_alarm(alarm)
     fractions = fate_fraction_table(predictions, estimator)
     if fractions is not None:

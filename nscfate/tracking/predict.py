@@ -21,6 +21,8 @@ from nscfate.tracking.pyfunc import FateModel, run_model_uri
 
 #: Share of a plate's cells flagged OOD above which predict warns that its answers are unreliable.
 OOD_ALARM = 0.5
+#: A culture with at least this many cells of which this share is flagged gets its own warning.
+CULTURE_MIN_CELLS, CULTURE_ALARM = 20, 0.2
 
 
 def resolve_model_uri(model: str, client: MlflowClient) -> str:
@@ -108,6 +110,30 @@ def ood_alarm(predictions: pd.DataFrame) -> str | None:
         "training crops): their fates and fractions are unreliable. Check the imaging (focus, "
         "magnification, bright-field vs fluorescence, crop size) or train on such crops."
     )
+
+
+def culture_alarms(predictions: pd.DataFrame) -> list[str]:
+    """One message per culture (``batch``) whose own cells are mostly flagged while the input as a
+    whole is not: a culture imaged unlike the training cultures (its focus or camera), whose cells
+    should be looked at before they are counted. Cultures of fewer than ``CULTURE_MIN_CELLS``
+    cells are not judged (at a 1 % false-alarm rate, 4 of 20 flagged happens by chance once in
+    about 20,000 cultures)."""
+    if "batch" not in predictions or "ood" not in predictions:
+        return []
+    if predictions["ood_score"].isna().all() or predictions["ood"].mean() > OOD_ALARM:
+        return []  # no detector, or the whole input is already alarmed
+    flagged = predictions.groupby(predictions["batch"].astype(str))["ood"].agg(["mean", "size"])
+    loud = flagged[(flagged["size"] >= CULTURE_MIN_CELLS) & (flagged["mean"] >= CULTURE_ALARM)]
+    messages = []
+    for culture, row in loud.iterrows():
+        rest = predictions.loc[predictions["batch"].astype(str) != culture, "ood"]
+        others = f" (the other cultures {rest.mean():.1%})" if len(rest) else ""
+        messages.append(
+            f"culture {culture!r}: {row['mean']:.0%} of its {int(row['size'])} crops are out of "
+            f"distribution{others}. Check its imaging (focus, exposure, camera) before counting "
+            "its cells."
+        )
+    return messages
 
 
 def write_csv(table: pd.DataFrame, out: Path) -> None:

@@ -124,7 +124,7 @@ def print_fractions(fractions) -> None:
 
 
 def print_alarm(message: str) -> None:
-    """A loud red panel (most of a plate is out of distribution)."""
+    """A loud red panel (most of a plate, or of one of its cultures, is out of distribution)."""
     Console(width=110).print(Panel(message, title="WARNING: out of distribution", style="red"))
 
 
