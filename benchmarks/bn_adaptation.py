@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from mlflow import MlflowClient
 from torch import nn
 
 from nscfate.evaluation import evaluate as ev
@@ -34,7 +33,7 @@ from nscfate.evaluation.checkpoint import checkpoint_estimator, rebuild
 from nscfate.tracking.fetch import fetch_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fate_estimates import EXPERIMENT  # noqa: E402  (a sibling script)
+from fate_estimates import seed_run  # noqa: E402  (a sibling script)
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("none", "first", "all")
@@ -91,12 +90,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/bn_adaptation.json"))
     args = parser.parse_args()
-    client = MlflowClient(args.reuse)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    results = []
-    for seed in (int(s) for s in args.seeds.split(",")):
-        run = client.search_runs([experiment.experiment_id], f"tags.mlflow.runName = 'seed{seed}'")
-        results.append(analyse(args.reuse, run[0].info.run_id, seed))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results = [analyse(args.reuse, seed_run(args.reuse, seed).info.run_id, seed) for seed in seeds]
     summary = {
         v: {
             k: round(float(np.mean([r[v][k] for r in results])), 4)

@@ -82,6 +82,18 @@ def train(seed: int, uri: str, tmp: Path, overrides: list[str]) -> str:
     return runs[0].info.run_id
 
 
+def seed_run(uri: str, seed: int) -> mlflow.entities.Run:
+    """The latest run of training seed ``seed`` in a store this script filled."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.mlflow.runName = 'seed{seed}'",
+        order_by=["attributes.start_time DESC"],
+    )
+    return runs[0]
+
+
 def shipped(run: mlflow.entities.Run, fractions: pd.DataFrame) -> dict:
     """The run's own figures (default calibration and method) and its interval coverage."""
     m = run.data.metrics
@@ -356,11 +368,7 @@ def main() -> None:
     results = []
     for seed in seeds:
         if args.reuse:
-            client = MlflowClient(uri)
-            exp = client.get_experiment_by_name(EXPERIMENT)
-            run_id = client.search_runs([exp.experiment_id], f"tags.mlflow.runName = 'seed{seed}'")[
-                0
-            ].info.run_id
+            run_id = seed_run(uri, seed).info.run_id
         else:
             run_id = train(seed, uri, tmp, args.overrides.split())
         results.append(analyse(uri, run_id, seed))

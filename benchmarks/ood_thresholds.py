@@ -34,46 +34,24 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import torch
-from mlflow import MlflowClient
-from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
-from nscfate.data.preprocess import prepare_batch
+from nscfate.data.schema import CLASSES
+from nscfate.estimation.ood import fit_gaussians
 from nscfate.evaluation.checkpoint import rebuild
-from nscfate.evaluation.evaluate import logits_and_features
 from nscfate.tracking.fetch import fetch_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fate_estimates import EXPERIMENT, SAMPLES, grey, probe_sets  # noqa: E402  (a sibling script)
+from fate_estimates import SAMPLES, grey, probe_sets, seed_run  # noqa: E402  (a sibling script)
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 0.01
 Score = Callable[[np.ndarray], np.ndarray]
 
 
-def features(model, crops) -> np.ndarray:
-    """Penultimate features of crops, preprocessed as the pyfunc model does."""
-    x = prepare_batch(crops, tuple(model.spec["size"]), model.normalizer, model.spec["white_level"])
-    chunks = np.array_split(x, max(1, len(x) // 256))
-    return np.concatenate(
-        [
-            logits_and_features(
-                model.net, torch.from_numpy(c).contiguous(memory_format=torch.channels_last)
-            )[1]
-            for c in chunks
-        ]
-    )
-
-
 def fit_gaussian(z: np.ndarray, labels: np.ndarray) -> Score:
-    """Squared Mahalanobis distance to the closest class mean (Ledoit-Wolf shared covariance)."""
-    classes = np.unique(labels)
-    mu = np.stack([z[labels == k].mean(0) for k in classes])
-    precision = (
-        LedoitWolf(assume_centered=True).fit(z - mu[np.searchsorted(classes, labels)]).precision_
-    )
-    return lambda q: np.min([np.einsum("nd,de,ne->n", q - m, precision, q - m) for m in mu], 0)
+    """The shipped detector's score (``nscfate.estimation.ood``) fit on ``z``."""
+    return fit_gaussians(z, labels).scores
 
 
 def loco_threshold(z, labels, cultures, extra_z=None, extra_labels=None) -> tuple[Score, float]:
@@ -148,6 +126,7 @@ def analyse(uri: str, run, seed: int) -> dict:
     """Every detector's figures on one run."""
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model(run.data.tags["nscfate.model_uri"]).unwrap_python_model()
+    features = lambda crops: model.logits_and_features(crops)[1]  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint, _ = fetch_run(uri, run.info.run_id, Path(tmp))
         datamodule = rebuild(checkpoint).datamodule
@@ -155,24 +134,22 @@ def analyse(uri: str, run, seed: int) -> dict:
     index = store.index
     rows = {p: np.flatnonzero(split_of == p) for p in ("train", "val", "test")}
     crops = {p: np.asarray(store.images[r]).astype(np.float32) for p, r in rows.items()}
-    z = {p: features(model, c) for p, c in crops.items()}
-    labels = {p: index["label"].to_numpy()[r] for p, r in rows.items()}
+    z = {p: features(c) for p, c in crops.items()}
+    labels = {p: index["label"].map(CLASSES.index).to_numpy()[r] for p, r in rows.items()}
     cultures = {p: index["batch"].to_numpy()[r] for p, r in rows.items()}
     size = crops["test"].shape[1]
     background = float(np.median(crops["test"][:, :3, :]))
     rng = np.random.default_rng(seed)
     probes = {
-        k: features(model, v.astype(np.float32))
-        for k, v in probe_sets(size, background, rng).items()
+        k: features(v.astype(np.float32)) for k, v in probe_sets(size, background, rng).items()
     }
-    real = features(model, [grey(p) for p in sorted(SAMPLES.glob("*.png"))])
+    real = features([grey(p) for p in sorted(SAMPLES.glob("*.png"))])
 
-    shipped = fit_gaussian(z["train"], labels["train"])
-    shipped_threshold = float(np.quantile(shipped(z["val"]), 1 - RATE))
-    bootstrap_threshold = culture_bootstrap(shipped(z["val"]), cultures["val"], 0.9, rng)
+    shipped = model.estimator.ood  # as the run fit it: training crops, validation threshold
+    bootstrap_threshold = culture_bootstrap(shipped.scores(z["val"]), cultures["val"], 0.9, rng)
     detectors = {
-        "shipped": (shipped, shipped_threshold),
-        "culture_bootstrap_q90": (shipped, bootstrap_threshold),
+        "shipped": (shipped.scores, shipped.threshold),
+        "culture_bootstrap_q90": (shipped.scores, bootstrap_threshold),
         "val_fit_loco": loco_threshold(z["val"], labels["val"], cultures["val"]),
         "trainval_fit_loco": loco_threshold(
             z["val"], labels["val"], cultures["val"], z["train"], labels["train"]
@@ -197,14 +174,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/ood_thresholds.json"))
     args = parser.parse_args()
-    client = MlflowClient(args.reuse)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    results = []
-    for seed in (int(s) for s in args.seeds.split(",")):
-        run = client.search_runs([experiment.experiment_id], f"tags.mlflow.runName = 'seed{seed}'")[
-            0
-        ]
-        results.append(analyse(args.reuse, run, seed))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results = [analyse(args.reuse, seed_run(args.reuse, seed), seed) for seed in seeds]
     names = [
         k
         for k in results[0]

@@ -58,6 +58,18 @@ class OodDetector:
         )
 
 
+def fit_gaussians(features: np.ndarray, labels: np.ndarray) -> OodDetector:
+    """Class means and a shared Ledoit-Wolf covariance of labelled features (labels < 0 are
+    ignored); the threshold is left unset (infinite)."""
+    z = np.asarray(features, dtype=np.float64)
+    labels = np.asarray(labels)
+    present = np.unique(labels[labels >= 0])  # a class missing from training has no mean
+    mu = np.stack([z[labels == k].mean(axis=0) for k in present])
+    centred = z[labels >= 0] - mu[np.searchsorted(present, labels[labels >= 0])]
+    precision = LedoitWolf(assume_centered=True).fit(centred).precision_
+    return OodDetector(mu, precision, float("inf"), float("nan"))
+
+
 def fit_ood(
     train_features: np.ndarray,
     train_labels: np.ndarray,
@@ -67,13 +79,7 @@ def fit_ood(
     """Fit class means and covariance on training features; set the threshold on validation."""
     if not 0 < false_alarm_rate < 1:
         raise NscfateError(f"ood.false_alarm_rate={false_alarm_rate}: expected a number in (0, 1)")
-    z = np.asarray(train_features, dtype=np.float64)
-    labels = np.asarray(train_labels)
-    present = np.unique(labels[labels >= 0])  # a class missing from training has no mean
-    mu = np.stack([z[labels == k].mean(axis=0) for k in present])
-    centred = z[labels >= 0] - mu[np.searchsorted(present, labels[labels >= 0])]
-    precision = LedoitWolf(assume_centered=True).fit(centred).precision_
-    fitted = OodDetector(mu, precision, float("inf"), false_alarm_rate)
-    val_scores = fitted.scores(val_features)
-    fitted.threshold = float(np.quantile(val_scores, 1 - false_alarm_rate))
+    fitted = fit_gaussians(train_features, train_labels)
+    fitted.false_alarm_rate = false_alarm_rate
+    fitted.threshold = float(np.quantile(fitted.scores(val_features), 1 - false_alarm_rate))
     return fitted

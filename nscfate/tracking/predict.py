@@ -122,14 +122,16 @@ def culture_alarms(predictions: pd.DataFrame) -> list[str]:
         return []
     if predictions["ood_score"].isna().all() or predictions["ood"].mean() > OOD_ALARM:
         return []  # no detector, or the whole input is already alarmed
-    flagged = predictions.groupby(predictions["batch"].astype(str))["ood"].agg(["mean", "size"])
-    loud = flagged[(flagged["size"] >= CULTURE_MIN_CELLS) & (flagged["mean"] >= CULTURE_ALARM)]
+    flagged = predictions.groupby(predictions["batch"].astype(str))["ood"].agg(["sum", "size"])
+    share = flagged["sum"] / flagged["size"]
+    loud = flagged[(flagged["size"] >= CULTURE_MIN_CELLS) & (share >= CULTURE_ALARM)]
+    total, n = flagged["sum"].sum(), flagged["size"].sum()
     messages = []
     for culture, row in loud.iterrows():
-        rest = predictions.loc[predictions["batch"].astype(str) != culture, "ood"]
-        others = f" (the other cultures {rest.mean():.1%})" if len(rest) else ""
+        rest = n - row["size"]
+        others = f" (the other cultures {(total - row['sum']) / rest:.1%})" if rest else ""
         messages.append(
-            f"culture {culture!r}: {row['mean']:.0%} of its {int(row['size'])} crops are out of "
+            f"culture {culture!r}: {share[culture]:.0%} of its {int(row['size'])} crops are out of "
             f"distribution{others}. Check its imaging (focus, exposure, camera) before counting "
             "its cells."
         )

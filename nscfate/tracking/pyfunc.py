@@ -62,11 +62,11 @@ class FateModel(mlflow.pyfunc.PythonModel):
             else None
         )
 
-    def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints
-        """Calibrated probabilities (one column per fate), ``fate``, ``logit_*``, ``ood_score``
-        (NaN without a detector) and ``ood``."""
+    def logits_and_features(self, crops) -> tuple[np.ndarray, np.ndarray]:
+        """Raw logits and penultimate features of grey crops (a stack or a list of any sizes),
+        preprocessed as the model was trained."""
         x = prepare_batch(
-            model_input, tuple(self.spec["size"]), self.normalizer, self.spec["white_level"]
+            crops, tuple(self.spec["size"]), self.normalizer, self.spec["white_level"]
         )
         parts = [
             logits_and_features(
@@ -74,8 +74,12 @@ class FateModel(mlflow.pyfunc.PythonModel):
             )
             for chunk in np.array_split(x, max(1, len(x) // PREDICT_BATCH))
         ]
-        logits = np.concatenate([z for z, _ in parts])
-        features = np.concatenate([f for _, f in parts])
+        return np.concatenate([z for z, _ in parts]), np.concatenate([f for _, f in parts])
+
+    def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints
+        """Calibrated probabilities (one column per fate), ``fate``, ``logit_*``, ``ood_score``
+        (NaN without a detector) and ``ood``."""
+        logits, features = self.logits_and_features(model_input)
         estimator = self.estimator or FateEstimator.plain(len(CLASSES))
         probs = estimator.probabilities(logits)
         table = pd.DataFrame(probs, columns=list(CLASSES))
