@@ -6,13 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from nscfate.data.normalize import (
-    Normalizer,
-    border_noise_torch,
-    per_image,
-    quantile,
-    to_unit_float,
-)
+from nscfate.data.normalize import Normalizer, per_image, quantile, to_unit_float
 from nscfate.errors import NscfateError
 
 
@@ -63,37 +57,3 @@ def test_quantile_is_numpys_with_ties_and_tiny_rows(n, q):
     rows = np.concatenate([rng.random((3, n)), rng.integers(0, 4, (3, n))]).astype(np.float32)
     got = quantile(torch.from_numpy(rows), q).numpy()
     np.testing.assert_allclose(got, np.quantile(rows, q, axis=-1), rtol=0, atol=1e-6)
-
-
-def _noisy_cells(sigmas: list[float], level: float = 0.5) -> torch.Tensor:
-    """Crops of one cell at ``level`` with camera noise of each standard deviation."""
-    g = torch.Generator().manual_seed(1)
-    clean = torch.from_numpy(np.pad(_cell(level), 16, mode="edge"))
-    return torch.stack([clean + s * torch.randn(clean.shape, generator=g) for s in sigmas])
-
-
-def test_border_noise_reads_each_crops_camera_noise():
-    sigmas = [0.002, 0.005, 0.01]
-    found = border_noise_torch(_noisy_cells(sigmas))
-    assert found.numpy() == pytest.approx(sigmas, rel=0.15)
-
-
-def test_noise_floor_makes_every_crop_as_noisy_as_the_floor_says():
-    """Crops from a quiet and a noisy camera leave with the same noise (floor x background); one
-    already noisier than the floor is untouched; without a generator the noise is repeatable."""
-    x = _noisy_cells([0.001, 0.006, 0.02])
-    norm = Normalizer("per_image", noise_floor=0.02)
-    out = norm.top_up(x)
-    noise = border_noise_torch(out).numpy()
-    assert noise[:2] == pytest.approx([0.01, 0.01], rel=0.15)  # 0.02 x background 0.5
-    assert torch.equal(out[2], x[2])
-    assert torch.equal(norm.torch(x), norm.torch(x))
-    assert torch.equal(Normalizer("per_image").torch(x), Normalizer("per_image", 0.0).torch(x))
-    again = Normalizer.from_state(norm.state())
-    assert again.noise_floor == 0.02 and torch.equal(again.torch(x), norm.torch(x))
-    assert Normalizer.from_state({"mode": "per_image"}).noise_floor == 0.0  # older models: off
-
-
-def test_noise_floor_out_of_range_is_an_error():
-    with pytest.raises(NscfateError, match="data.noise_floor=1.5"):
-        Normalizer("per_image", noise_floor=1.5)

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from nscfate.augment import build_augmentation, check_keeps_shape, seed_policy
 from nscfate.augment.batched import BatchedPolicy, batched_policy
 from nscfate.data.imageio import fit_to_size
-from nscfate.data.normalize import Normalizer, per_image_stats, to_unit_float
+from nscfate.data.normalize import Normalizer, apply_per_image, per_image_stats, to_unit_float
 from nscfate.data.schema import CLASSES
 from nscfate.data.splits import (
     INDEP,
@@ -76,7 +76,7 @@ class BatchTransform:
         augment = self.augment if generator is not None else None
         if known is None or self.normalizer.mode != "per_image":
             x = augment(x, generator) if augment is not None else x
-            return self.normalizer.torch(x, generator)[:, None].contiguous()
+            return self.normalizer.torch(x)[:, None].contiguous()
         missing = known[:, 0].isnan().nonzero()[:, 0]
         if len(missing):
             known[missing] = per_image_stats(x.index_select(0, missing))
@@ -87,7 +87,7 @@ class BatchTransform:
             if len(moved):  # a resampled crop has statistics of its own
                 stats = known.clone()
                 stats[moved] = per_image_stats(x.index_select(0, moved))
-        return self.normalizer.apply(x, stats, generator)[:, None].contiguous()
+        return apply_per_image(x, stats)[:, None].contiguous()
 
 
 class CellCrops(Dataset):
@@ -188,8 +188,6 @@ class CellDataModule(L.LightningDataModule):
         synthetic: generator settings (``nscfate.data.synthetic.SynthSettings`` fields); when given,
             the store ``<path>/<settings slug>`` is generated on first use and reused afterwards.
         normalize: ``per_image`` (default), ``dataset`` or ``none``.
-        noise_floor: top every crop's camera noise up to this fraction of its background before
-            normalising (0: off; ``nscfate.data.normalize``), in training, evaluation and prediction.
         augmentation: an ``augmentation`` config node (applied to training crops only).
         pad_to_square: pad non-square crops to a square with their own background, so rotations
             keep their shape (false keeps the store's shape; a shape-changing policy is then an error).
@@ -206,7 +204,6 @@ class CellDataModule(L.LightningDataModule):
         path: str,
         synthetic: Mapping[str, Any] | None = None,
         normalize: str = "per_image",
-        noise_floor: float = 0.0,
         augmentation: Mapping[str, Any] | None = None,
         pad_to_square: bool = True,
         split: Mapping[str, Any] | None = None,
@@ -228,7 +225,7 @@ class CellDataModule(L.LightningDataModule):
         self.store_path = (
             Path(path) if not self.synthetic else Path(path) / synthetic_slug(self.synthetic)
         )
-        self.normalizer = Normalizer(normalize, noise_floor)
+        self.normalizer = Normalizer(normalize)
         self.augmentation_cfg, self.pad_to_square = augmentation, pad_to_square
         split = dict(split or {})
         split["holdout_conditions"] = tuple(split.get("holdout_conditions") or ())

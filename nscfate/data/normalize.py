@@ -3,12 +3,6 @@
 Real exports carry batch-dependent background levels that can correlate with class, so the default
 removes each crop's own background level and contrast scale: a model must not win by reading the
 background.
-
-``noise_floor`` (off by default) tops every crop's camera noise up to one level, a fraction of its
-background, before normalisation: how noisy a crop looks then says nothing about the camera it came
-from. Without it a model reads camera noise as a fate cue (in the synthetic demo, noisier crops are
-called astrocytes: its control astrocyte cultures were imaged at a low gain), and an inducer
-experiment imaged with a noisier camera shifts the estimated fate fractions.
 """
 
 from __future__ import annotations
@@ -82,42 +76,6 @@ def apply_per_image(x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
     return (x - stats[..., 0, None, None]).div_(stats[..., 1, None, None])
 
 
-def border_noise_torch(x: torch.Tensor, border: int = BORDER) -> torch.Tensor:
-    """Each crop's camera noise (standard deviation, ``...xHxW`` -> ``...``) from its background: a
-    robust spread (scaled median absolute deviation) of the differences between neighbouring pixels
-    of the ``border``-pixel frame, which a smooth illumination gradient hardly moves."""
-    diffs = [
-        torch.diff(x[..., :border, :], dim=-1),
-        torch.diff(x[..., -border:, :], dim=-1),
-        torch.diff(x[..., :, :border], dim=-2),
-        torch.diff(x[..., :, -border:], dim=-2),
-    ]
-    d = torch.cat([a.flatten(-2) for a in diffs], dim=-1)
-    mad = quantile((d - quantile(d, 0.5)[..., None]).abs(), 0.5)
-    return 1.4826 * mad / 2**0.5  # MAD -> sd of a difference -> sd of a pixel
-
-
-def top_up_noise(
-    x: torch.Tensor,
-    floor: float,
-    background: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Add Gaussian noise to each crop (``...xHxW``) so that its noise reaches ``floor`` x its
-    background level; a crop already that noisy is returned as it is.
-
-    ``generator``: where the noise comes from (training: the loader's augmentation stream); without
-    one a generator seeded 0 on the crops' device, so evaluation and prediction are repeatable.
-    """
-    if background is None:
-        background = border_median_torch(x)
-    missing = ((floor * background) ** 2 - border_noise_torch(x) ** 2).clamp_min(0).sqrt()
-    if generator is None:
-        generator = torch.Generator(device=x.device).manual_seed(0)
-    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return x + noise * missing[..., None, None]
-
-
 def quantile(x: torch.Tensor, q: float) -> torch.Tensor:
     """The ``q`` quantile along the last dimension with numpy's default (linear) interpolation.
 
@@ -150,16 +108,12 @@ def _numpy(fn: Callable[..., torch.Tensor], x: np.ndarray, *args: Any) -> np.nda
 class Normalizer:
     """Callable normalisation of float crops in [0, 1]; ``dataset`` mode needs ``fit`` first."""
 
-    def __init__(self, mode: str = "per_image", noise_floor: float = 0.0) -> None:
+    def __init__(self, mode: str = "per_image") -> None:
         if mode not in MODES:
             raise NscfateError(
                 f"unknown data.normalize {mode!r}: expected one of {', '.join(MODES)}"
             )
-        if not 0.0 <= noise_floor < 1.0:
-            raise NscfateError(
-                f"data.noise_floor={noise_floor!r}: expected a fraction of the background in [0, 1)"
-            )
-        self.mode, self.noise_floor = mode, float(noise_floor)
+        self.mode = mode
         self.mean: float | None = None
         self.std: float | None = None
 
@@ -171,17 +125,12 @@ class Normalizer:
 
     def state(self) -> dict:
         """What is needed to rebuild this normaliser elsewhere (e.g. inside a served model)."""
-        return {
-            "mode": self.mode,
-            "mean": self.mean,
-            "std": self.std,
-            "noise_floor": self.noise_floor,
-        }
+        return {"mode": self.mode, "mean": self.mean, "std": self.std}
 
     @classmethod
     def from_state(cls, state: dict) -> Normalizer:
         """Rebuild a normaliser from :meth:`state`."""
-        norm = cls(state["mode"], state.get("noise_floor", 0.0))  # models saved before it: off
+        norm = cls(state["mode"])
         norm.mean, norm.std = state.get("mean"), state.get("std")
         return norm
 
@@ -189,12 +138,10 @@ class Normalizer:
         """Normalise numpy crops (HxW or NxHxW) as :meth:`torch` does a batch on a device."""
         return _numpy(self.torch, x)
 
-    def torch(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Normalise float crops (``...xHxW``) on the tensor's own device (``generator``: the
-        noise floor's stream, see :func:`top_up_noise`)."""
+    def torch(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise float crops (``...xHxW``) on the tensor's own device."""
         if self.mode == "per_image":
-            return self.apply(x, per_image_stats(x), generator)
-        x = self.top_up(x, None, generator)
+            return per_image_torch(x)
         if self.mode == "dataset":
             if self.mean is None or self.std is None:
                 raise NscfateError(
@@ -202,21 +149,3 @@ class Normalizer:
                 )
             return (x - self.mean) / self.std
         return x
-
-    def top_up(
-        self,
-        x: torch.Tensor,
-        background: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """``x`` with its noise topped up to the noise floor (itself when the floor is 0)."""
-        if not self.noise_floor:
-            return x
-        return top_up_noise(x, self.noise_floor, background, generator)
-
-    def apply(
-        self, x: torch.Tensor, stats: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Per-image normalisation by the crops' statistics as read (:func:`per_image_stats`),
-        after the noise floor."""
-        return apply_per_image(self.top_up(x, stats[..., 0], generator), stats)
