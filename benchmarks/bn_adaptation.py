@@ -16,7 +16,6 @@ worst over conditions x fates), the counted one and the accuracy on the conditio
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
@@ -33,9 +32,8 @@ from nscfate.evaluation.checkpoint import checkpoint_estimator, rebuild
 from nscfate.tracking.fetch import fetch_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fate_estimates import seed_run  # noqa: E402  (a sibling script)
+from fate_estimates import reuse_parser, seed_run, write_reuse_report  # noqa: E402  (a sibling script)
 
-REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("none", "first", "all")
 
 
@@ -83,12 +81,7 @@ def analyse(uri: str, run_id: str, seed: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--reuse", required=True, help="the store fate_estimates.py left its runs in"
-    )
-    parser.add_argument("--seeds", default="0,1,2,3,4")
-    parser.add_argument("--out", default=str(REPO / "benchmarks/results/bn_adaptation.json"))
+    parser = reuse_parser(__doc__, "bn_adaptation.json")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     results = [analyse(args.reuse, seed_run(args.reuse, seed).info.run_id, seed) for seed in seeds]
@@ -99,15 +92,7 @@ def main() -> None:
         }
         for v in VARIANTS
     }
-    report = {
-        "command": "python benchmarks/bn_adaptation.py --reuse <store of fate_estimates.py> "
-        f"--seeds {args.seeds}",
-        "summary_mean_over_seeds": summary,
-        "runs": results,
-    }
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps(summary, indent=1))
-    print(f"-> {args.out}")
+    write_reuse_report("bn_adaptation.py", args, "summary_mean_over_seeds", summary, results)
 
 
 if __name__ == "__main__":

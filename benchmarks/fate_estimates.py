@@ -47,6 +47,7 @@ from nscfate.estimation.calibration import METHODS as CALIBRATIONS
 from nscfate.estimation.calibration import fit_calibration
 from nscfate.estimation.quantify import METHODS, RESAMPLING, Reference, estimate
 from nscfate.evaluation.evaluate import LOGIT_COLUMNS
+from nscfate.files import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO.parent / "shared" / "samples" / "zhu2021"
@@ -92,6 +93,33 @@ def seed_run(uri: str, seed: int) -> mlflow.entities.Run:
         order_by=["attributes.start_time DESC"],
     )
     return runs[0]
+
+
+def reuse_parser(doc: str, record: str) -> argparse.ArgumentParser:
+    """Command line of a benchmark that re-analyses the runs this script left in a store."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument(
+        "--reuse", required=True, help="the store fate_estimates.py left its runs in"
+    )
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--out", default=str(REPO / "benchmarks/results" / record))
+    return parser
+
+
+def write_reuse_report(
+    script: str, args: argparse.Namespace, summary_key: str, summary: dict, runs: list
+) -> None:
+    """Write a re-analysis record (replaced whole, never half-written) and print its summary."""
+    report = {
+        "command": f"python benchmarks/{script} --reuse <store of fate_estimates.py> "
+        f"--seeds {args.seeds}",
+        summary_key: summary,
+        "runs": runs,
+    }
+    with atomic_write(args.out) as tmp:
+        tmp.write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+    print(f"-> {args.out}")
 
 
 def shipped(run: mlflow.entities.Run, fractions: pd.DataFrame) -> dict:

@@ -25,7 +25,6 @@ training and estimation may not) next to the training cultures' of the same fate
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -42,9 +41,8 @@ from nscfate.evaluation.checkpoint import rebuild
 from nscfate.tracking.fetch import fetch_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fate_estimates import SAMPLES, grey, probe_sets, seed_run  # noqa: E402  (a sibling script)
+from fate_estimates import SAMPLES, grey, probe_sets, reuse_parser, seed_run, write_reuse_report  # noqa: E402  (a sibling script)
 
-REPO = Path(__file__).resolve().parents[1]
 RATE = 0.01
 Score = Callable[[np.ndarray], np.ndarray]
 
@@ -167,12 +165,7 @@ def analyse(uri: str, run, seed: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--reuse", required=True, help="the store fate_estimates.py left its runs in"
-    )
-    parser.add_argument("--seeds", default="0,1,2,3,4")
-    parser.add_argument("--out", default=str(REPO / "benchmarks/results/ood_thresholds.json"))
+    parser = reuse_parser(__doc__, "ood_thresholds.json")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     results = [analyse(args.reuse, seed_run(args.reuse, seed), seed) for seed in seeds]
@@ -191,14 +184,7 @@ def main() -> None:
         }
         for name in names
     }
-    report = {
-        "command": f"python benchmarks/ood_thresholds.py --reuse <store of fate_estimates.py> --seeds {args.seeds}",
-        "summary": summary,
-        "runs": results,
-    }
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps(summary, indent=1))
-    print(f"-> {args.out}")
+    write_reuse_report("ood_thresholds.py", args, "summary", summary, results)
 
 
 if __name__ == "__main__":

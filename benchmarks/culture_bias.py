@@ -1,0 +1,96 @@
+"""Which part of a culture's acquisition moves the model's fate counts on the inducer cultures?
+
+    python benchmarks/culture_bias.py --reuse URI [--seeds 0,1,2,3,4]
+                                      [--out benchmarks/results/culture_bias.json]
+
+``URI`` is the tracking store a ``benchmarks/fate_estimates.py`` invocation left its runs in. For
+each seed's demo run and each inducer culture (one acquisition: level, gain, defocus, NA, full well,
+read noise, stretch), the excess of each counted fate over the culture's true share (from the run's
+``predictions/cells.csv``), then the Spearman correlation over the cultures between that excess
+and each acquisition parameter, and with the culture's mean maturity (biology, not the microscope).
+The acquisition and maturity come from regenerating the synthetic index (no pixels); they are read
+here to explain the errors, never by training or estimation.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+
+from nscfate.data.schema import CLASSES
+from nscfate.data.synthetic import ACQUISITION_PREFIX, SynthSettings, describe
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fate_estimates import reuse_parser, seed_run, write_reuse_report  # noqa: E402  (a sibling script)
+
+FACTORS = ("stretch", "defocus_um", "na", "full_well", "read_noise", "level", "gain")
+
+
+def culture_table(uri: str, seed: int) -> pd.DataFrame:
+    """One row per inducer culture: counted-minus-true share of each fate, acquisition, maturity."""
+    run = seed_run(uri, seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = MlflowClient(uri).download_artifacts(run.info.run_id, "predictions/cells.csv", tmp)
+        cells = pd.read_csv(path, keep_default_na=False)
+    p = run.data.params
+    settings = SynthSettings(
+        seed=int(p["data.synthetic.seed"]),
+        cells_per_group=int(p["data.synthetic.cells_per_group"]),
+        batches_per_group=int(p.get("data.synthetic.batches_per_group", 5)),
+    )
+    index = describe(settings)
+    cells = cells[cells["split"].str.startswith("indep:")].join(
+        index[[ACQUISITION_PREFIX + f for f in FACTORS] + ["lat_maturity"]], on="row"
+    )
+    for k in CLASSES:
+        cells[f"excess_{k}"] = (cells["predicted"] == k).astype(float) - (cells["label"] == k)
+    columns = [f"excess_{k}" for k in CLASSES] + [ACQUISITION_PREFIX + f for f in FACTORS]
+    return cells.groupby("batch")[columns + ["lat_maturity"]].mean()
+
+
+def correlations(table: pd.DataFrame) -> dict:
+    """Spearman correlation of each fate's excess with each acquisition factor and maturity."""
+    factors = {f: ACQUISITION_PREFIX + f for f in FACTORS} | {"maturity": "lat_maturity"}
+    return {
+        k: {
+            name: round(float(table[f"excess_{k}"].corr(table[col], method="spearman")), 2)
+            for name, col in factors.items()
+        }
+        for k in CLASSES
+    }
+
+
+def main() -> None:
+    parser = reuse_parser(__doc__, "culture_bias.json")
+    args = parser.parse_args()
+    runs = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        table = culture_table(args.reuse, seed)
+        excess = table[[f"excess_{k}" for k in CLASSES]].abs().mean()
+        runs.append(
+            {
+                "seed": seed,
+                "n_cultures": len(table),
+                "mean_abs_excess": {k: round(float(excess[f"excess_{k}"]), 3) for k in CLASSES},
+                "spearman": correlations(table),
+            }
+        )
+        print(json.dumps(runs[-1]), flush=True)
+    mean = {
+        k: {
+            f: round(float(np.mean([r["spearman"][k][f] for r in runs])), 2)
+            for f in runs[0]["spearman"][k]
+        }
+        for k in CLASSES
+    }
+    write_reuse_report("culture_bias.py", args, "spearman_mean_over_seeds", mean, runs)
+
+
+if __name__ == "__main__":
+    main()
