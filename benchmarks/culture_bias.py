@@ -8,6 +8,9 @@ each seed's demo run and each inducer culture (one acquisition: level, gain, def
 read noise, stretch), the excess of each counted fate over the culture's true share (from the run's
 ``predictions/cells.csv``), then the Spearman correlation over the cultures between that excess
 and each acquisition parameter, and with the culture's mean maturity (biology, not the microscope).
+Then, over the seeds, the error of each condition's shipped estimate (``est_frac - true_frac``) and
+its mean over seeds: the part every training seed shares, which more seeds or an ensemble would
+not average away.
 The acquisition and maturity come from regenerating the synthetic index (no pixels); they are read
 here to explain the errors, never by training or estimation.
 """
@@ -54,6 +57,28 @@ def culture_table(uri: str, seed: int) -> pd.DataFrame:
     return cells.groupby("batch")[columns + ["lat_maturity"]].mean()
 
 
+def estimate_errors(uri: str, seed: int) -> pd.Series:
+    """The run's corrected estimate minus the truth, per inducer condition and fate."""
+    run = seed_run(uri, seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = MlflowClient(uri).download_artifacts(
+            run.info.run_id, "predictions/fate_fractions.csv", tmp
+        )
+        fractions = pd.read_csv(path).dropna(subset=["true_frac"])
+    return fractions.set_index(["condition", "fate"]).eval("est_frac - true_frac")
+
+
+def shared_error(errors: list[pd.Series]) -> dict:
+    """Fraction error per seed against that of the estimates' mean over seeds."""
+    mean = pd.concat(errors, axis=1).mean(axis=1)
+    return {
+        "frac_mae_per_seed": [round(float(e.abs().mean()), 4) for e in errors],
+        "frac_mae_of_seed_mean": round(float(mean.abs().mean()), 4),
+        "frac_max_err_of_seed_mean": round(float(mean.abs().max()), 4),
+        "seed_mean_error": {f"{c}/{k}": round(float(v), 3) for (c, k), v in mean.items()},
+    }
+
+
 def correlations(table: pd.DataFrame) -> dict:
     """Spearman correlation of each fate's excess with each acquisition factor and maturity."""
     factors = {f: ACQUISITION_PREFIX + f for f in FACTORS} | {"maturity": "lat_maturity"}
@@ -69,8 +94,9 @@ def correlations(table: pd.DataFrame) -> dict:
 def main() -> None:
     parser = reuse_parser(__doc__, "culture_bias.json")
     args = parser.parse_args()
-    runs = []
+    runs, errors = [], []
     for seed in (int(s) for s in args.seeds.split(",")):
+        errors.append(estimate_errors(args.reuse, seed))
         table = culture_table(args.reuse, seed)
         excess = table[[f"excess_{k}" for k in CLASSES]].abs().mean()
         runs.append(
@@ -89,7 +115,8 @@ def main() -> None:
         }
         for k in CLASSES
     }
-    write_reuse_report("culture_bias.py", args, "spearman_mean_over_seeds", mean, runs)
+    summary = {"spearman_mean_over_seeds": mean, "estimates": shared_error(errors)}
+    write_reuse_report("culture_bias.py", args, "summary", summary, runs)
 
 
 if __name__ == "__main__":
