@@ -17,11 +17,12 @@ here to explain the errors, never by training or estimation.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
-import tempfile
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
@@ -30,24 +31,26 @@ from nscfate.data.schema import CLASSES
 from nscfate.data.synthetic import ACQUISITION_PREFIX, SynthSettings, describe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fate_estimates import reuse_parser, seed_run, write_reuse_report  # noqa: E402  (a sibling script)
+from fate_estimates import reuse_parser, run_tables, seed_run, write_reuse_report  # noqa: E402  (a sibling script)
 
 FACTORS = ("stretch", "defocus_um", "na", "full_well", "read_noise", "level", "gain")
 
 
-def culture_table(uri: str, seed: int) -> pd.DataFrame:
+@functools.cache
+def synthetic_index(settings: SynthSettings) -> pd.DataFrame:
+    """The generator's index for these settings (every seed's run shares one dataset)."""
+    return describe(settings)
+
+
+def culture_table(run: mlflow.entities.Run, cells: pd.DataFrame) -> pd.DataFrame:
     """One row per inducer culture: counted-minus-true share of each fate, acquisition, maturity."""
-    run = seed_run(uri, seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = MlflowClient(uri).download_artifacts(run.info.run_id, "predictions/cells.csv", tmp)
-        cells = pd.read_csv(path, keep_default_na=False)
     p = run.data.params
     settings = SynthSettings(
         seed=int(p["data.synthetic.seed"]),
         cells_per_group=int(p["data.synthetic.cells_per_group"]),
         batches_per_group=int(p.get("data.synthetic.batches_per_group", 5)),
     )
-    index = describe(settings)
+    index = synthetic_index(settings)
     cells = cells[cells["split"].str.startswith("indep:")].join(
         index[[ACQUISITION_PREFIX + f for f in FACTORS] + ["lat_maturity"]], on="row"
     )
@@ -57,15 +60,10 @@ def culture_table(uri: str, seed: int) -> pd.DataFrame:
     return cells.groupby("batch")[columns + ["lat_maturity"]].mean()
 
 
-def estimate_errors(uri: str, seed: int) -> pd.Series:
-    """The run's corrected estimate minus the truth, per inducer condition and fate."""
-    run = seed_run(uri, seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = MlflowClient(uri).download_artifacts(
-            run.info.run_id, "predictions/fate_fractions.csv", tmp
-        )
-        fractions = pd.read_csv(path).dropna(subset=["true_frac"])
-    return fractions.set_index(["condition", "fate"]).eval("est_frac - true_frac")
+def estimate_errors(fractions: pd.DataFrame) -> pd.Series:
+    """A run's corrected estimate minus the truth, per inducer condition and fate."""
+    known = fractions.dropna(subset=["true_frac"])
+    return known.set_index(["condition", "fate"]).eval("est_frac - true_frac")
 
 
 def shared_error(errors: list[pd.Series]) -> dict:
@@ -94,10 +92,13 @@ def correlations(table: pd.DataFrame) -> dict:
 def main() -> None:
     parser = reuse_parser(__doc__, "culture_bias.json")
     args = parser.parse_args()
+    client = MlflowClient(args.reuse)
     runs, errors = [], []
     for seed in (int(s) for s in args.seeds.split(",")):
-        errors.append(estimate_errors(args.reuse, seed))
-        table = culture_table(args.reuse, seed)
+        run = seed_run(args.reuse, seed)
+        cells, fractions = run_tables(client, run.info.run_id)
+        errors.append(estimate_errors(fractions))
+        table = culture_table(run, cells)
         excess = table[[f"excess_{k}" for k in CLASSES]].abs().mean()
         runs.append(
             {

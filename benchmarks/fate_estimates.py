@@ -95,6 +95,18 @@ def seed_run(uri: str, seed: int) -> mlflow.entities.Run:
     return runs[0]
 
 
+def run_tables(client: MlflowClient, run_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A run's per-cell predictions and its fate-fraction table (``true_frac`` NaN where unknown)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cells = pd.read_csv(
+            client.download_artifacts(run_id, "predictions/cells.csv", tmp), keep_default_na=False
+        )
+        fractions = pd.read_csv(
+            client.download_artifacts(run_id, "predictions/fate_fractions.csv", tmp)
+        )
+    return cells, fractions
+
+
 def reuse_parser(doc: str, record: str) -> argparse.ArgumentParser:
     """Command line of a benchmark that re-analyses the runs this script left in a store."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
@@ -312,13 +324,7 @@ def analyse(uri: str, run_id: str, seed: int) -> dict:
     """Every figure of one run."""
     client = MlflowClient(uri)
     run = client.get_run(run_id)
-    with tempfile.TemporaryDirectory() as tmp:
-        cells = pd.read_csv(
-            client.download_artifacts(run_id, "predictions/cells.csv", tmp), keep_default_na=False
-        )
-        fractions = pd.read_csv(
-            client.download_artifacts(run_id, "predictions/fate_fractions.csv", tmp)
-        )
+    cells, fractions = run_tables(client, run_id)
     mlflow.set_tracking_uri(uri)
     estimator = (
         mlflow.pyfunc.load_model(run.data.tags["nscfate.model_uri"]).unwrap_python_model().estimator
