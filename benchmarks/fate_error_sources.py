@@ -1,11 +1,13 @@
 """Where does a trained model's fate-fraction error come from: the inducers' microscope or the model?
 
-    python benchmarks/fate_error_sources.py --checkpoint outputs/train/.../checkpoints/best-*.ckpt
+    python benchmarks/fate_error_sources.py --checkpoint outputs/train/.../checkpoints/best-*.ckpt [...]
         [--variants ";inducer_shift=0;inducer_shift=0,confound=0"]
         [--out benchmarks/results/fate_error_sources.json]
 
-The checkpoint is a run on the built-in synthetic data (e.g. ``nscfate-train
-experiment=cpu_baseline``). Its model and its saved calibration are evaluated on the data it was
+Each checkpoint is a run on the built-in synthetic data (e.g. ``nscfate-train
+experiment=cpu_baseline``, or the runs ``benchmarks/fate_estimates.py`` leaves under its temporary
+directory, one per training seed); the record keeps every checkpoint's lines and their mean per
+variant. Each model and its saved calibration are evaluated on the data it was
 trained with and on the same cells regenerated with other generator settings (``--variants``): by
 default ``inducer_shift=0`` (the inducer conditions imaged like control: same morphology, no extra
 defocus, NA loss or camera noise) and, in addition, ``confound=0`` (control cultures no longer
@@ -41,6 +43,7 @@ from nscfate.data.splits import INDEP, TEST, VAL, rows_of
 from nscfate.estimation import fit_estimator
 from nscfate.evaluation.checkpoint import evaluate_checkpoint, load_checkpoint
 from nscfate.evaluation.evaluate import LOGIT_COLUMNS, oracle_scores
+from nscfate.files import atomic_write
 
 
 def figures(checkpoint: Path, changes: dict[str, float], data_dir: Path) -> dict:
@@ -125,9 +128,45 @@ def reference_questions(evaluation, datamodule, rounds: int = 200) -> dict:
     }
 
 
+def report(variant: str, r: dict) -> None:
+    """Print one evaluation's line (and the reference questions' when it has them)."""
+    if "culture_bootstrap_coverage" in r:
+        print(
+            f"correction learned from validation + test cultures: fraction error "
+            f"{r['reference_val_and_test_frac_mae']:.3f} (worst "
+            f"{r['reference_val_and_test_frac_max_err']:.3f}) | bootstrap over cultures: "
+            f"coverage {r['culture_bootstrap_coverage']:.0%}, half-width "
+            f"{r['culture_bootstrap_half_width']:.3f}",
+            flush=True,
+        )
+    print(
+        f"{variant or 'as trained'}: accuracy test {r['test_acc']:.3f}, inducers "
+        f"{r['indep_acc']:.3f} | fraction error {r['frac_mae']:.3f} (worst "
+        f"{r['frac_max_err']:.3f}, counted {r['frac_mae_raw']:.3f}) | oracle "
+        f"{r['oracle_frac_mae']:.3f} (worst {r['oracle_frac_max_err']:.3f})",
+        flush=True,
+    )
+
+
+def summarise(runs: list[list[dict]], variants: list[str]) -> dict:
+    """Per variant, the mean over checkpoints of every figure (and the per-checkpoint list)."""
+    summary = {}
+    for i, variant in enumerate(variants):
+        lines = [checkpoint[i] for checkpoint in runs]
+        keys = [k for k, v in lines[0].items() if isinstance(v, float) and k != "inducer_shift"]
+        summary[variant or "as trained"] = {
+            k: {
+                "mean": round(float(np.mean([r[k] for r in lines])), 4),
+                "each": [r[k] for r in lines],
+            }
+            for k in keys
+        }
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path, nargs="+", required=True)
     parser.add_argument(
         "--out", type=Path, default=Path("benchmarks/results/fate_error_sources.json")
     )
@@ -137,31 +176,35 @@ def main() -> None:
         help="';'-separated generator changes, each 'key=value[,key=value]' (empty: as trained)",
     )
     args = parser.parse_args()
-    results = []
+    variants = args.variants.split(";")
+    runs = []
+    # One data directory per variant, shared by the checkpoints (same generator settings).
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in args.variants.split(";"):
-            changes = {k: float(v) for k, v in (kv.split("=") for kv in variant.split(",") if kv)}
-            r = figures(args.checkpoint, changes, Path(tmp))
-            results.append(r)
-            if "culture_bootstrap_coverage" in r:
-                print(
-                    f"correction learned from validation + test cultures: fraction error "
-                    f"{r['reference_val_and_test_frac_mae']:.3f} (worst "
-                    f"{r['reference_val_and_test_frac_max_err']:.3f}) | bootstrap over cultures: "
-                    f"coverage {r['culture_bootstrap_coverage']:.0%}, half-width "
-                    f"{r['culture_bootstrap_half_width']:.3f}",
-                    flush=True,
-                )
-            print(
-                f"{variant or 'as trained'}: accuracy test {r['test_acc']:.3f}, inducers "
-                f"{r['indep_acc']:.3f} | fraction error {r['frac_mae']:.3f} (worst "
-                f"{r['frac_max_err']:.3f}, counted {r['frac_mae_raw']:.3f}) | oracle "
-                f"{r['oracle_frac_mae']:.3f} (worst {r['oracle_frac_max_err']:.3f})",
-                flush=True,
-            )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"command": " ".join(sys.argv), "checkpoint": str(args.checkpoint), "runs": results}
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+        for checkpoint in args.checkpoint:
+            print(f"{checkpoint}:", flush=True)
+            results = []
+            for variant in variants:
+                changes = {
+                    k: float(v) for k, v in (kv.split("=") for kv in variant.split(",") if kv)
+                }
+                results.append(figures(checkpoint, changes, Path(tmp)))
+                report(variant, results[-1])
+            runs.append(results)
+    summary = summarise(runs, variants)
+    for variant, figs in summary.items():
+        print(
+            f"mean over {len(runs)} checkpoint(s), {variant}: fraction error "
+            f"{figs['frac_mae']['mean']:.3f} (worst {figs['frac_max_err']['mean']:.3f}), accuracy "
+            f"test {figs['test_acc']['mean']:.3f}, inducers {figs['indep_acc']['mean']:.3f}"
+        )
+    record = {
+        "command": " ".join(sys.argv),
+        "checkpoints": [str(c) for c in args.checkpoint],
+        "summary": summary,
+        "runs": runs,
+    }
+    with atomic_write(args.out) as tmp_out:
+        tmp_out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"written {args.out}")
 
 
