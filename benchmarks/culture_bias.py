@@ -10,7 +10,9 @@ read noise, stretch), the excess of each counted fate over the culture's true sh
 and each acquisition parameter, and with the culture's mean maturity (biology, not the microscope).
 Then, over the seeds, the error of each condition's shipped estimate (``est_frac - true_frac``) and
 its mean over seeds: the part every training seed shares, which more seeds or an ensemble would
-not average away.
+not average away. And whether a few outlying cultures carry a condition's error: each culture
+estimated on its own (the run's calibration and method) and the median or the mean without the top and bottom 20 % over
+the condition's cultures, against the estimate from all its cells at once.
 The acquisition and maturity come from regenerating the synthetic index (no pixels); they are read
 here to explain the errors, never by training or estimation.
 """
@@ -20,15 +22,19 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
+from scipy.stats import trim_mean
 
 from nscfate.data.schema import CLASSES
 from nscfate.data.synthetic import ACQUISITION_PREFIX, SynthSettings, describe
+from nscfate.estimation import FateEstimator, fit_estimator
+from nscfate.evaluation.evaluate import LOGIT_COLUMNS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fate_estimates import reuse_parser, run_tables, seed_run, write_reuse_report  # noqa: E402  (a sibling script)
@@ -77,6 +83,40 @@ def shared_error(errors: list[pd.Series]) -> dict:
     }
 
 
+def run_estimator(run: mlflow.entities.Run) -> FateEstimator:
+    """The run's saved estimator, refitted for point estimates only (no bootstrap)."""
+    saved = (
+        mlflow.pyfunc.load_model(run.data.tags["nscfate.model_uri"]).unwrap_python_model().estimator
+    )
+    settings = replace(saved.settings, n_boot=0)
+    return fit_estimator(settings, saved.val_logits, saved.val_labels)
+
+
+def culture_aggregates(cells: pd.DataFrame, estimator: FateEstimator) -> dict:
+    """Fraction error (mean, worst over conditions x fates) of the estimate from all a condition's
+    cells and of the median / trimmed mean of its cultures' own estimates."""
+    errors: dict[str, list[float]] = {"all_cells": [], "culture_median": [], "culture_trimmed": []}
+    for _, group in cells[cells["split"].str.startswith("indep:")].groupby("condition"):
+        truth = group["label"].value_counts(normalize=True).reindex(CLASSES, fill_value=0)
+        per_culture = np.stack(
+            [
+                estimator.fractions(culture[LOGIT_COLUMNS].to_numpy()).estimate
+                for _, culture in group.groupby("batch")
+            ]
+        )
+        estimates = {
+            "all_cells": estimator.fractions(group[LOGIT_COLUMNS].to_numpy()).estimate,
+            "culture_median": np.median(per_culture, axis=0),
+            "culture_trimmed": trim_mean(per_culture, 0.2, axis=0),  # 20 % off each end
+        }
+        for name, est in estimates.items():
+            errors[name] += list(np.abs(est / est.sum() - truth.to_numpy()))
+    return {
+        name: {"frac_mae": round(float(np.mean(e)), 4), "frac_max_err": round(float(np.max(e)), 4)}
+        for name, e in errors.items()
+    }
+
+
 def correlations(table: pd.DataFrame) -> dict:
     """Spearman correlation of each fate's excess with each acquisition factor and maturity."""
     factors = {f: ACQUISITION_PREFIX + f for f in FACTORS} | {"maturity": "lat_maturity"}
@@ -93,6 +133,7 @@ def main() -> None:
     parser = reuse_parser(__doc__, "culture_bias.json")
     args = parser.parse_args()
     client = MlflowClient(args.reuse)
+    mlflow.set_tracking_uri(args.reuse)
     runs, errors = [], []
     for seed in (int(s) for s in args.seeds.split(",")):
         run = seed_run(args.reuse, seed)
@@ -106,6 +147,7 @@ def main() -> None:
                 "n_cultures": len(table),
                 "mean_abs_excess": {k: round(float(excess[f"excess_{k}"]), 3) for k in CLASSES},
                 "spearman": correlations(table),
+                "aggregates": culture_aggregates(cells, run_estimator(run)),
             }
         )
         print(json.dumps(runs[-1]), flush=True)
@@ -116,7 +158,18 @@ def main() -> None:
         }
         for k in CLASSES
     }
-    summary = {"spearman_mean_over_seeds": mean, "estimates": shared_error(errors)}
+    aggregates = {
+        name: {
+            k: round(float(np.mean([r["aggregates"][name][k] for r in runs])), 4)
+            for k in ("frac_mae", "frac_max_err")
+        }
+        for name in runs[0]["aggregates"]
+    }
+    summary = {
+        "spearman_mean_over_seeds": mean,
+        "estimates": shared_error(errors),
+        "aggregates_mean_over_seeds": aggregates,
+    }
     write_reuse_report("culture_bias.py", args, "summary", summary, runs)
 
 
