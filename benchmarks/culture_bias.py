@@ -11,8 +11,8 @@ and each acquisition parameter, and with the culture's mean maturity (biology, n
 Then, over the seeds, the error of each condition's shipped estimate (``est_frac - true_frac``) and
 its mean over seeds: the part every training seed shares, which more seeds or an ensemble would
 not average away. And whether a few outlying cultures carry a condition's error: each culture
-estimated on its own (the run's calibration and method) and the median or the mean without the top and bottom 20 % over
-the condition's cultures, against the estimate from all its cells at once.
+estimated on its own (the run's calibration and method), then the median, or the mean without the
+top and bottom 20 %, over the condition's cultures, against the estimate from all its cells at once.
 The acquisition and maturity come from regenerating the synthetic index (no pixels); they are read
 here to explain the errors, never by training or estimation.
 """

@@ -1,14 +1,14 @@
 """Where does a trained model's fate-fraction error come from: the inducers' microscope or the model?
 
-    python benchmarks/fate_error_sources.py --checkpoint outputs/train/.../checkpoints/best-*.ckpt [...]
+    python benchmarks/fate_error_sources.py --checkpoint CKPT [CKPT ...]
         [--variants ";inducer_shift=0;inducer_shift=0,confound=0"]
         [--out benchmarks/results/fate_error_sources.json]
 
-Each checkpoint is a run on the built-in synthetic data (e.g. ``nscfate-train
-experiment=cpu_baseline``, or the runs ``benchmarks/fate_estimates.py`` leaves under its temporary
-directory, one per training seed); the record keeps every checkpoint's lines and their mean per
-variant. Each model and its saved calibration are evaluated on the data it was
-trained with and on the same cells regenerated with other generator settings (``--variants``): by
+Each checkpoint (``<run dir>/checkpoints/best-*.ckpt``) is a run on the built-in synthetic data
+(e.g. ``nscfate-train experiment=cpu_baseline``, or the runs ``benchmarks/fate_estimates.py``
+leaves under its temporary directory, one per training seed); the record keeps every checkpoint's
+lines and their mean per variant. Each model and its saved calibration are evaluated on the data it
+was trained with and on the same cells regenerated with other generator settings (``--variants``): by
 default ``inducer_shift=0`` (the inducer conditions imaged like control: same morphology, no extra
 defocus, NA loss or camera noise) and, in addition, ``confound=0`` (control cultures no longer
 imaged at a brightness that follows their fate: the inducer conditions stay as they were, the test
