@@ -37,7 +37,13 @@ from nscfate.estimation import FateEstimator, fit_estimator
 from nscfate.evaluation.evaluate import LOGIT_COLUMNS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fate_estimates import reuse_parser, run_tables, seed_run, write_reuse_report  # noqa: E402  (a sibling script)
+from fate_estimates import (  # noqa: E402  (a sibling script)
+    reuse_parser,
+    run_tables,
+    saved_estimator,
+    seed_run,
+    write_reuse_report,
+)
 
 FACTORS = ("stretch", "defocus_um", "na", "full_well", "read_noise", "level", "gain")
 
@@ -83,11 +89,9 @@ def shared_error(errors: list[pd.Series]) -> dict:
     }
 
 
-def run_estimator(run: mlflow.entities.Run) -> FateEstimator:
+def point_estimator(run: mlflow.entities.Run) -> FateEstimator:
     """The run's saved estimator, refitted for point estimates only (no bootstrap)."""
-    saved = (
-        mlflow.pyfunc.load_model(run.data.tags["nscfate.model_uri"]).unwrap_python_model().estimator
-    )
+    saved = saved_estimator(run)
     settings = replace(saved.settings, n_boot=0)
     return fit_estimator(settings, saved.val_logits, saved.val_labels)
 
@@ -147,7 +151,7 @@ def main() -> None:
                 "n_cultures": len(table),
                 "mean_abs_excess": {k: round(float(excess[f"excess_{k}"]), 3) for k in CLASSES},
                 "spearman": correlations(table),
-                "aggregates": culture_aggregates(cells, run_estimator(run)),
+                "aggregates": culture_aggregates(cells, point_estimator(run)),
             }
         )
         print(json.dumps(runs[-1]), flush=True)

@@ -107,6 +107,12 @@ def run_tables(client: MlflowClient, run_id: str) -> tuple[pd.DataFrame, pd.Data
     return cells, fractions
 
 
+def saved_estimator(run: mlflow.entities.Run) -> FateEstimator:
+    """The estimator a run saved in its pyfunc model (the tracking URI must be set)."""
+    model = mlflow.pyfunc.load_model(run.data.tags["nscfate.model_uri"])
+    return model.unwrap_python_model().estimator
+
+
 def reuse_parser(doc: str, record: str) -> argparse.ArgumentParser:
     """Command line of a benchmark that re-analyses the runs this script left in a store."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
@@ -326,9 +332,7 @@ def analyse(uri: str, run_id: str, seed: int) -> dict:
     run = client.get_run(run_id)
     cells, fractions = run_tables(client, run_id)
     mlflow.set_tracking_uri(uri)
-    estimator = (
-        mlflow.pyfunc.load_model(run.data.tags["nscfate.model_uri"]).unwrap_python_model().estimator
-    )
+    estimator = saved_estimator(run)
     return {
         "seed": seed,
         "run_id": run_id,
