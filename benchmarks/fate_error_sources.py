@@ -164,6 +164,12 @@ def summarise(runs: list[list[dict]], variants: list[str]) -> dict:
     return summary
 
 
+def number(text: str) -> int | float:
+    """A generator setting's value from the command line: an int where it is one (a count)."""
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text else value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, nargs="+", required=True)
@@ -185,7 +191,7 @@ def main() -> None:
             results = []
             for variant in variants:
                 changes = {
-                    k: float(v) for k, v in (kv.split("=") for kv in variant.split(",") if kv)
+                    k: number(v) for k, v in (kv.split("=") for kv in variant.split(",") if kv)
                 }
                 results.append(figures(checkpoint, changes, Path(tmp)))
                 report(variant, results[-1])
