@@ -13,7 +13,9 @@ default ``inducer_shift=0`` (the inducer conditions imaged like control: same mo
 defocus, NA loss or camera noise) and, in addition, ``confound=0`` (control cultures no longer
 imaged at a brightness that follows their fate: the inducer conditions stay as they were, the test
 split loses the shortcut). If the error stays without the shift, the microscope shift is not what
-limits it; if test accuracy falls without the confound, the model reads it. Each line: accuracy on
+limits it; if test accuracy falls without the confound, the model reads it. Any other setting works
+the same way: ``--variants batches_per_group=5`` puts models trained on data spread over more
+cultures before the benchmark's own layout of 5 cultures per group. Each line: accuracy on
 the test split and on the inducer conditions, the fraction error (estimated and counted), and the
 latent oracle's fraction error on the same split (its posteriors through the same correction).
 
