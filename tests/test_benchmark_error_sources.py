@@ -23,3 +23,46 @@ def test_counts_stay_integers_and_scales_floats():
     assert number("0") == 0 and isinstance(number("0"), int)
     assert number("0.5") == 0.5
     assert number("1.0") == 1.0 and isinstance(number("1.0"), float)
+
+
+def test_own_test_reference_corrects_a_skewed_mix_from_the_test_split():
+    """Calibration and correction refit on the data's test split: with the inducers' errors those
+    of the test cells, EM recovers a skewed mix that counting misses."""
+    import numpy as np
+    import pandas as pd
+
+    from benchmarks.fate_error_sources import own_test_reference
+    from nscfate.data.schema import CLASSES
+    from nscfate.estimation import EstimationSettings
+    from nscfate.evaluation.evaluate import LOGIT_COLUMNS
+
+    rng = np.random.default_rng(0)
+
+    def cells(split: str, condition: str, mix: list[float], n: int) -> pd.DataFrame:
+        labels = rng.choice(3, n, p=mix)
+        logits = 1.2 * np.eye(3)[labels] + rng.normal(0, 1.0, (n, 3))  # about 70 % right
+        frame = pd.DataFrame(logits, columns=LOGIT_COLUMNS)
+        return frame.assign(label=np.array(CLASSES)[labels], split=split, condition=condition)
+
+    data = pd.concat(
+        [
+            cells("test", "control", [1 / 3] * 3, 3000),
+            cells("indep:A", "A", [0.7, 0.2, 0.1], 3000),
+            cells("indep:B", "B", [0.1, 0.2, 0.7], 3000),
+        ],
+        ignore_index=True,
+    )
+    indep = data[data["split"] != "test"]
+    counted = (
+        pd.crosstab(
+            indep["condition"], indep[LOGIT_COLUMNS].to_numpy().argmax(1), normalize="index"
+        )
+        .to_numpy()
+        .round(3)
+    )
+    true = pd.crosstab(indep["condition"], indep["label"], normalize="index")[list(CLASSES)]
+    raw_err = np.abs(counted - true.to_numpy()).mean()
+    figures = own_test_reference(EstimationSettings(), data)
+    assert raw_err > 0.05  # counting is pulled toward the balanced mix
+    assert figures["reference_own_test_frac_mae"] < 0.03
+    assert figures["reference_own_test_frac_max_err"] < 0.06
