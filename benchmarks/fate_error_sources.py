@@ -48,7 +48,14 @@ from nscfate.data.schema import CLASSES
 from nscfate.data.splits import INDEP, TEST, VAL, rows_of
 from nscfate.estimation import EstimationSettings, fit_estimator
 from nscfate.evaluation.checkpoint import evaluate_checkpoint, load_checkpoint
-from nscfate.evaluation.evaluate import LOGIT_COLUMNS, oracle_scores
+from nscfate.evaluation.evaluate import (
+    FRAC_MAE,
+    FRAC_MAX_ERR,
+    LOGIT_COLUMNS,
+    fate_fractions,
+    fraction_metrics,
+    oracle_scores,
+)
 from nscfate.files import atomic_write
 
 
@@ -132,16 +139,16 @@ def own_test_reference(settings: EstimationSettings, cells: pd.DataFrame) -> dic
     split is 12 cultures, as the demo's validation split: a model trained on more cultures,
     corrected as the demo's is, shows what the model itself brings apart from its reference."""
     test = cells[cells["split"] == TEST]
-    groups, truth = inducer_groups(cells)
-    err = np.abs(
-        refit_estimates(
-            settings, test[LOGIT_COLUMNS].to_numpy(), test["label"].map(CODES).to_numpy(), groups
-        )
-        - truth
+    refit = fit_estimator(
+        replace(settings, n_boot=0),
+        test[LOGIT_COLUMNS].to_numpy(),
+        test["label"].map(CODES).to_numpy(),
     )
+    indep = cells[cells["split"].str.startswith(INDEP)]
+    metrics = fraction_metrics(fate_fractions(indep, refit))  # as a run's indep/frac_mae
     return {
-        "reference_own_test_frac_mae": round(float(err.mean()), 4),
-        "reference_own_test_frac_max_err": round(float(err.max()), 4),
+        "reference_own_test_frac_mae": round(metrics[FRAC_MAE], 4),
+        "reference_own_test_frac_max_err": round(metrics[FRAC_MAX_ERR], 4),
     }
 
 
@@ -152,12 +159,9 @@ def reference_questions(evaluation, datamodule, rounds: int = 200) -> dict:
     test = cells[cells["split"] == TEST]
     groups, truth = inducer_groups(cells)
 
-    def estimates(ref_logits, ref_labels, groups):
-        return refit_estimates(est.settings, ref_logits, ref_labels, groups)
-
     ref_logits = np.r_[est.val_logits, test[LOGIT_COLUMNS].to_numpy()]
     ref_labels = np.r_[est.val_labels, test["label"].map(CODES).to_numpy()]
-    both = np.abs(estimates(ref_logits, ref_labels, groups) - truth)
+    both = np.abs(refit_estimates(est.settings, ref_logits, ref_labels, groups) - truth)
     val_batches = datamodule.store.index["batch"].to_numpy()[rows_of(datamodule.split, VAL)]
     rng = np.random.default_rng(0)
     draws = []
@@ -166,7 +170,9 @@ def reference_questions(evaluation, datamodule, rounds: int = 200) -> dict:
         resampled = [
             g.iloc[culture_rows(rng, g["batch"].to_numpy(), np.zeros(len(g)))] for g in groups
         ]
-        draws.append(estimates(est.val_logits[pick], est.val_labels[pick], resampled))
+        draws.append(
+            refit_estimates(est.settings, est.val_logits[pick], est.val_labels[pick], resampled)
+        )
     low, high = np.quantile(np.stack(draws), [0.025, 0.975], axis=0)
     return {
         "reference_val_and_test_frac_mae": round(float(both.mean()), 4),

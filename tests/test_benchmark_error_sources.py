@@ -42,7 +42,10 @@ def test_own_test_reference_corrects_a_skewed_mix_from_the_test_split():
         labels = rng.choice(3, n, p=mix)
         logits = 1.2 * np.eye(3)[labels] + rng.normal(0, 1.0, (n, 3))  # about 70 % right
         frame = pd.DataFrame(logits, columns=LOGIT_COLUMNS)
-        return frame.assign(label=np.array(CLASSES)[labels], split=split, condition=condition)
+        names = np.array(CLASSES)
+        return frame.assign(
+            label=names[labels], predicted=names[logits.argmax(1)], split=split, condition=condition
+        )
 
     data = pd.concat(
         [
