@@ -39,6 +39,7 @@ from nscfate.evaluation.evaluate import LOGIT_COLUMNS
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fate_estimates import (  # noqa: E402  (a sibling script)
     reuse_parser,
+    run_synth_settings,
     run_tables,
     saved_estimator,
     seed_run,
@@ -56,13 +57,7 @@ def synthetic_index(settings: SynthSettings) -> pd.DataFrame:
 
 def culture_table(run: mlflow.entities.Run, cells: pd.DataFrame) -> pd.DataFrame:
     """One row per inducer culture: counted-minus-true share of each fate, acquisition, maturity."""
-    p = run.data.params
-    settings = SynthSettings(
-        seed=int(p["data.synthetic.seed"]),
-        cells_per_group=int(p["data.synthetic.cells_per_group"]),
-        batches_per_group=int(p.get("data.synthetic.batches_per_group", 5)),
-    )
-    index = synthetic_index(settings)
+    index = synthetic_index(run_synth_settings(run.data.params))
     cells = cells[cells["split"].str.startswith("indep:")].join(
         index[[ACQUISITION_PREFIX + f for f in FACTORS] + ["lat_maturity"]], on="row"
     )

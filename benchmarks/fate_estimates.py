@@ -42,6 +42,7 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 
 from nscfate.data.schema import CLASSES
 from nscfate.data.store import open_store
+from nscfate.data.synthetic import SynthSettings
 from nscfate.estimation import EstimationSettings, FateEstimator, fit_estimator
 from nscfate.estimation.calibration import METHODS as CALIBRATIONS
 from nscfate.estimation.calibration import fit_calibration
@@ -182,18 +183,31 @@ def method_grid(cells: pd.DataFrame, estimator: FateEstimator) -> dict:
     return out
 
 
+def run_synth_settings(params: dict[str, str]) -> SynthSettings:
+    """The generator settings a run trained on, from its logged ``data.synthetic.*`` params (the
+    layout keys included: a run with more cultures must not be matched to the default's cells)."""
+
+    def number(key: str, default: int | None = None) -> int | None:
+        value = params.get(f"data.synthetic.{key}")
+        return default if value in (None, "None") else int(value)
+
+    return SynthSettings(
+        seed=number("seed"),
+        cells_per_group=number("cells_per_group"),
+        batches_per_group=number("batches_per_group", 5),
+        control_batches_per_group=number("control_batches_per_group"),
+    )
+
+
 def oracle_grid(run: mlflow.entities.Run, seed: int) -> dict:
     """The latent oracle's fraction error on the run's own split after each calibration (EM): the
     floor each calibration leaves. The cells' latents are regenerated (no pixels)."""
     from nscfate.data.oracle import fit_oracle
     from nscfate.data.splits import SplitSpec, make_split
-    from nscfate.data.synthetic import SynthSettings, describe
+    from nscfate.data.synthetic import describe
     from nscfate.evaluation.evaluate import oracle_fraction_errors
 
-    p = run.data.params
-    settings = SynthSettings(
-        seed=int(p["data.synthetic.seed"]), cells_per_group=int(p["data.synthetic.cells_per_group"])
-    )
+    settings = run_synth_settings(run.data.params)
     index = describe(settings)
     conditions = tuple(name for name, _ in settings.conditions)
     split = make_split(index, SplitSpec(seed=seed, holdout_conditions=conditions))

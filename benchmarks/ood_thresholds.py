@@ -41,7 +41,15 @@ from nscfate.evaluation.checkpoint import rebuild
 from nscfate.tracking.fetch import fetch_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fate_estimates import SAMPLES, grey, probe_sets, reuse_parser, seed_run, write_reuse_report  # noqa: E402  (a sibling script)
+from fate_estimates import (  # noqa: E402  (a sibling script)
+    SAMPLES,
+    grey,
+    probe_sets,
+    reuse_parser,
+    run_synth_settings,
+    seed_run,
+    write_reuse_report,
+)
 
 RATE = 0.01
 Score = Callable[[np.ndarray], np.ndarray]
@@ -102,13 +110,9 @@ def figures(score: Score, threshold: float, test, test_cultures, probes, real) -
 
 def acquisition_of(run_params: dict, culture: str, split) -> dict:
     """The generator's acquisition of ``culture`` and of the training cultures of its fate and day."""
-    from nscfate.data.synthetic import SynthSettings, _describe
+    from nscfate.data.synthetic import _describe
 
-    settings = SynthSettings(
-        seed=int(run_params["data.synthetic.seed"]),
-        cells_per_group=int(run_params["data.synthetic.cells_per_group"]),
-    )
-    plan, acq, _, _ = _describe(settings)
+    plan, acq, _, _ = _describe(run_synth_settings(run_params))
     acq = acq.assign(batch=plan["batch"].to_numpy()).groupby("batch").first()
     columns = ["full_well", "na", "level", "gain", "stretch"]
     fate_day = culture.rsplit("-b", 1)[0]

@@ -250,3 +250,29 @@ def test_inducer_shift_scales_the_inducer_microscope_and_keeps_the_default_store
     assert synthetic_slug(settings | {"inducer_shift": 0.0}) != synthetic_slug(settings)
     with pytest.raises(NscfateError, match="inducer_shift must be in"):
         SynthSettings(inducer_shift=-1)
+
+
+def test_control_cultures_change_the_training_layout_and_keep_the_inducer_cells() -> None:
+    """``control_batches_per_group`` spreads the control cells over more cultures; the inducer
+    conditions' cells (cultures, morphology, acquisition, pixels) stay those of the default layout,
+    so a recipe with more training cultures is judged on the same benchmark."""
+    from nscfate.data.synthetic_cache import synthetic_slug
+
+    # 3 fates x 128 control cells: the inducer rows start on a rendering chunk, so pixels match too.
+    base = SynthSettings(seed=3, cells_per_group=128, days=(1,))
+    spread = SynthSettings(seed=3, cells_per_group=128, days=(1,), control_batches_per_group=32)
+    (images, index), (images2, index2) = generate(base), generate(spread)
+    inducer = (index["condition"] != CONTROL).to_numpy()
+    pd.testing.assert_frame_equal(index[inducer], index2[inducer])
+    assert images[inducer].tobytes() == images2[inducer].tobytes()
+    control = index2[~inducer]
+    assert control.groupby(["label", "day"])["batch"].nunique().eq(32).all()
+    assert index[~inducer].groupby(["label", "day"])["batch"].nunique().eq(5).all()
+    assert (control["label"] == index[~inducer]["label"]).all()
+    settings = {"seed": 0, "cells_per_group": 12}
+    assert synthetic_slug(settings | {"control_batches_per_group": None}) == synthetic_slug(
+        settings
+    )
+    assert synthetic_slug(settings | {"control_batches_per_group": 6}) != synthetic_slug(settings)
+    with pytest.raises(NscfateError, match="control_batches_per_group must be null or between"):
+        SynthSettings(cells_per_group=12, control_batches_per_group=13)

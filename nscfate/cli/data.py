@@ -51,6 +51,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
         "confound": args.confound,
         "bit_depth": args.bit_depth,
         "batches_per_group": args.batches_per_group,
+        "control_batches_per_group": args.control_batches_per_group,
     }
     if args.days:
         settings["days"] = _floats(args.days, "--days")
@@ -173,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--days", default=None, help="comma-separated culture days, e.g. 1,3,5,7")
     s.add_argument("--batches-per-group", type=int, default=None)
+    s.add_argument(
+        "--control-batches-per-group",
+        type=int,
+        default=None,
+        help="control cultures per fate and day, if not --batches-per-group (inducer cells unchanged)",
+    )
     s.add_argument("--bit-depth", type=int, choices=(8, 16), default=None)
     s.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
     s.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -104,6 +104,10 @@ class SynthSettings:
     inducer_shift: float = 1.0
     bit_depth: int = 8
     conditions: Conditions = _as_tuple(DEFAULT_CONDITIONS)
+    #: Cultures per (class, day) in control when they should differ from ``batches_per_group``: the
+    #: training data's layout changes and the inducer conditions' cells stay those of
+    #: ``batches_per_group`` (same cultures, morphology and acquisition). None = ``batches_per_group``.
+    control_batches_per_group: int | None = None
 
     def __post_init__(self) -> None:
         # Accept lists and mappings (e.g. from a Hydra config) but store hashable tuples.
@@ -115,6 +119,13 @@ class SynthSettings:
             raise NscfateError(f"synthetic size must be >= 24 px, got {self.size}")
         if self.cells_per_group < 1 or self.batches_per_group < 1:
             raise NscfateError("synthetic cells_per_group and batches_per_group must be >= 1")
+        if self.control_batches_per_group is not None and not (
+            1 <= self.control_batches_per_group <= self.cells_per_group
+        ):
+            raise NscfateError(
+                "synthetic control_batches_per_group must be null or between 1 and"
+                f" cells_per_group ({self.cells_per_group}), got {self.control_batches_per_group}"
+            )
         if not 0.0 <= self.confound <= 1.0:
             raise NscfateError(f"synthetic confound must be in [0, 1], got {self.confound}")
         if not 0.0 <= self.inducer_shift <= 3.0:
@@ -608,8 +619,38 @@ def describe(settings: SynthSettings) -> pd.DataFrame:
     return _index(plan, acq, cells["lat"], settings)
 
 
-def _describe(s: SynthSettings) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any], np.ndarray]:
-    """Everything but the pixels: plan, acquisition, latents and process paths of every cell."""
+Description = tuple[pd.DataFrame, pd.DataFrame, dict[str, Any], np.ndarray]
+
+
+def _describe(s: SynthSettings) -> Description:
+    """Everything but the pixels: plan, acquisition, latents and process paths of every cell.
+
+    With ``control_batches_per_group`` the control rows (which come first) are described with that
+    layout and the inducer rows exactly as with ``batches_per_group``, so changing the training
+    data's cultures leaves the inducer conditions' cells as they were.
+    """
+    if s.control_batches_per_group in (None, s.batches_per_group):
+        return _describe_layout(s)
+    control = _describe_layout(replace(s, batches_per_group=s.control_batches_per_group))
+    inducers = _describe_layout(replace(s, control_batches_per_group=None))
+    n = len(CLASSES) * len(s.days) * s.cells_per_group
+    return _stack_rows(control, inducers, n)
+
+
+def _stack_rows(head: Description, tail: Description, n: int) -> Description:
+    """The first ``n`` cells of ``head`` followed by the cells of ``tail`` after its first ``n``."""
+
+    def stack(a: Any, b: Any) -> Any:
+        if isinstance(a, dict):
+            return {k: stack(a[k], b[k]) for k in a}
+        if isinstance(a, pd.DataFrame):
+            return pd.concat([a.iloc[:n], b.iloc[n:]], ignore_index=True)
+        return np.concatenate([a[:n], b[n:]])
+
+    return tuple(stack(a, b) for a, b in zip(head, tail, strict=True))  # type: ignore[return-value]
+
+
+def _describe_layout(s: SynthSettings) -> Description:
     root = np.random.SeedSequence(s.seed)
     plan_rng, acq_rng, lat_rng, path_rng = (np.random.default_rng(c) for c in root.spawn(4))
     plan = _plan(s, plan_rng)
