@@ -651,6 +651,7 @@ def _stack_rows(head: Description, tail: Description, n: int) -> Description:
 
 
 def _describe_layout(s: SynthSettings) -> Description:
+    """One layout (``batches_per_group`` cultures for every group) from the settings' seed."""
     root = np.random.SeedSequence(s.seed)
     plan_rng, acq_rng, lat_rng, path_rng = (np.random.default_rng(c) for c in root.spawn(4))
     plan = _plan(s, plan_rng)
