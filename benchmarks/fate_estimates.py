@@ -35,6 +35,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from mlflow import MlflowClient
 from PIL import Image
 from sklearn.metrics import roc_auc_score
@@ -43,6 +44,7 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 from nscfate.data.schema import CLASSES
 from nscfate.data.store import open_store
 from nscfate.data.synthetic import SynthSettings
+from nscfate.data.synthetic_cache import synth_settings
 from nscfate.estimation import EstimationSettings, FateEstimator, fit_estimator
 from nscfate.estimation.calibration import METHODS as CALIBRATIONS
 from nscfate.estimation.calibration import fit_calibration
@@ -184,19 +186,13 @@ def method_grid(cells: pd.DataFrame, estimator: FateEstimator) -> dict:
 
 
 def run_synth_settings(params: dict[str, str]) -> SynthSettings:
-    """The generator settings a run trained on, from its logged ``data.synthetic.*`` params (the
-    layout keys included: a run with more cultures must not be matched to the default's cells)."""
-
-    def number(key: str, default: int | None = None) -> int | None:
-        value = params.get(f"data.synthetic.{key}")
-        return default if value in (None, "None") else int(value)
-
-    return SynthSettings(
-        seed=number("seed"),
-        cells_per_group=number("cells_per_group"),
-        batches_per_group=number("batches_per_group", 5),
-        control_batches_per_group=number("control_batches_per_group"),
-    )
+    """The generator settings a run trained on, from every ``data.synthetic.*`` param it logged
+    (through :func:`synth_settings`, as the run built them; a key older runs lack keeps its default)."""
+    prefix = "data.synthetic."
+    logged = {
+        k.removeprefix(prefix): yaml.safe_load(v) for k, v in params.items() if k.startswith(prefix)
+    }
+    return synth_settings({k: None if v == "None" else v for k, v in logged.items()})
 
 
 def oracle_grid(run: mlflow.entities.Run, seed: int) -> dict:

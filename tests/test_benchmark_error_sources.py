@@ -69,3 +69,35 @@ def test_own_test_reference_corrects_a_skewed_mix_from_the_test_split():
     assert raw_err > 0.05  # counting is pulled toward the balanced mix
     assert figures["reference_own_test_frac_mae"] < 0.03
     assert figures["reference_own_test_frac_max_err"] < 0.06
+
+
+def test_a_runs_synthetic_settings_come_from_all_its_logged_params():
+    """The oracle grid and the culture tables regenerate a run's cells from its params: every
+    ``data.synthetic.*`` setting counts (layout, crop size, days, confound), not a chosen few."""
+    from benchmarks.fate_estimates import run_synth_settings
+    from nscfate.data.synthetic import SynthSettings
+
+    params = {
+        "data.synthetic.seed": "2",
+        "data.synthetic.size": "48",
+        "data.synthetic.cells_per_group": "300",
+        "data.synthetic.days": "[1, 3]",
+        "data.synthetic.batches_per_group": "5",
+        "data.synthetic.control_batches_per_group": "20",
+        "data.synthetic.confound": "0.5",
+        "data.synthetic.inducer_shift": "1.0",
+        "data.synthetic.bit_depth": "8",
+        "trainer.max_epochs": "40",
+    }
+    assert run_synth_settings(params) == SynthSettings(
+        seed=2,
+        size=48,
+        cells_per_group=300,
+        days=(1, 3),
+        control_batches_per_group=20,
+        confound=0.5,
+    )
+    older = {"data.synthetic.seed": "0", "data.synthetic.cells_per_group": "300"}
+    assert run_synth_settings(older | {"data.synthetic.control_batches_per_group": "None"}) == (
+        SynthSettings(cells_per_group=300)
+    )
