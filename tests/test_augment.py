@@ -43,6 +43,15 @@ def test_every_policy_runs_on_8_and_16_bit_crops(policy, dtype, white):
         assert len(transform.transforms) >= 4
 
 
+def test_acquisition_is_light_geometry_plus_strong_intensity():
+    """The acquisition policy keeps a cell's size as light does and varies its imaging as strong does."""
+    load = {name: OmegaConf.load(CONF / "augmentation" / f"{name}.yaml") for name in POLICIES}
+    geometric = ("Flip", "Rotate90", "Affine")
+    strong_imaging = [t for t in load["strong"].transforms if not t._target_.endswith(geometric)]
+    assert len(strong_imaging) == 5
+    assert list(load["acquisition"].transforms) == list(load["light"].transforms) + strong_imaging
+
+
 def test_strong_changes_intensity_and_light_keeps_histogram():
     crop = to_unit_float(_raw(np.uint8, 255), 255)
     light = build_augmentation(OmegaConf.load(CONF / "augmentation" / "light.yaml"), seed=1)
