@@ -86,6 +86,12 @@ def figures(checkpoint: Path, changes: dict[str, float], data_dir: Path) -> dict
         "data": changes,
         "inducer_shift": changes.get("inducer_shift", 1.0),
         "test_acc": round(m["test/acc"], 4),
+        "n_test": int((cells["split"] == TEST).sum()),
+        # calibration on this split: saved calibration, none, and what a calibrated model would show
+        "test_ece": round(m["test/ece"], 4),
+        "test_ece_uncalibrated": round(m["test/ece_uncalibrated"], 4),
+        "test_ece_floor": round(m["test/ece_floor"], 4),
+        "test_ood_frac": round(m["test/ood_frac"], 4),  # share flagged, for the run's chosen rate
         "indep_acc": round(float((indep["predicted"] == indep["label"]).mean()), 4),
         "frac_mae": round(m["indep/frac_mae"], 4),
         "frac_max_err": round(m["indep/frac_max_err"], 4),
