@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from nscfate.data.datamodule import CellDataModule
 from nscfate.data.schema import CLASSES
@@ -59,16 +59,27 @@ from nscfate.evaluation.evaluate import (
 from nscfate.files import atomic_write
 
 
-def figures(checkpoint: Path, changes: dict[str, float], data_dir: Path) -> dict:
-    """Evaluate ``checkpoint`` on its synthetic data regenerated with the generator ``changes``
-    (e.g. ``{"inducer_shift": 0}``; empty: as trained)."""
-    cfg = OmegaConf.create(load_checkpoint(checkpoint)["nscfate_config"])
-    data = cfg.data
+def parse_changes(text: str) -> dict[str, int | float]:
+    """Generator changes from the command line: ``key=value[,key=value]`` (empty: none)."""
+    return {k: number(v) for k, v in (kv.split("=") for kv in text.split(",") if kv)}
+
+
+def regenerated(checkpoint: Path, changes: dict[str, float], data_dir: Path) -> DictConfig:
+    """The data config of ``checkpoint``'s run with the generator ``changes``, its store under
+    ``data_dir`` in a folder named by the changes (runs with the same settings share it)."""
+    data = OmegaConf.create(load_checkpoint(checkpoint)["nscfate_config"]).data
     if not data.get("synthetic"):
         sys.exit(f"{checkpoint}: not a run on the built-in synthetic data")
     for key, value in changes.items():
         data.synthetic[key] = value
     data.path = str(data_dir / ("_".join(f"{k}{v:g}" for k, v in changes.items()) or "as_trained"))
+    return data
+
+
+def figures(checkpoint: Path, changes: dict[str, float], data_dir: Path) -> dict:
+    """Evaluate ``checkpoint`` on its synthetic data regenerated with the generator ``changes``
+    (e.g. ``{"inducer_shift": 0}``; empty: as trained)."""
+    data = regenerated(checkpoint, changes, data_dir)
     evaluation, _ = evaluate_checkpoint(checkpoint, data=data)
     m, cells = evaluation.metrics, evaluation.cells
     indep = cells[cells["split"].str.startswith(INDEP)]
@@ -257,10 +268,7 @@ def main() -> None:
             print(f"{checkpoint}:", flush=True)
             results = []
             for variant in variants:
-                changes = {
-                    k: number(v) for k, v in (kv.split("=") for kv in variant.split(",") if kv)
-                }
-                results.append(figures(checkpoint, changes, Path(tmp)))
+                results.append(figures(checkpoint, parse_changes(variant), Path(tmp)))
                 report(variant, results[-1])
             runs.append(results)
     summary = summarise(runs, variants)

@@ -38,16 +38,15 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 
 from nscfate.data.schema import CLASSES
 from nscfate.estimation.ood import fit_gaussians
-from nscfate.evaluation.checkpoint import load_checkpoint, rebuild
+from nscfate.evaluation.checkpoint import rebuild
 from nscfate.tracking.fetch import fetch_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fate_error_sources import number  # noqa: E402  (a sibling script)
+from fate_error_sources import parse_changes, regenerated  # noqa: E402  (a sibling script)
 from fate_estimates import (  # noqa: E402  (a sibling script)
     SAMPLES,
     grey,
@@ -134,10 +133,7 @@ def acquisition_of(run_params: dict, culture: str, split) -> dict:
 def fresh_test(checkpoint: Path, changes: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """Test-split crops and cultures of the run's synthetic data regenerated with ``changes``
     (``key=value[,key=value]``), stored under ``data_dir`` (shared by the runs: same settings)."""
-    data = OmegaConf.create(load_checkpoint(checkpoint)["nscfate_config"]).data
-    for key, value in (kv.split("=") for kv in changes.split(",") if kv):
-        data.synthetic[key] = number(value)
-    data.path = str(data_dir)
+    data = regenerated(checkpoint, parse_changes(changes), data_dir)
     datamodule = rebuild(checkpoint, data=data).datamodule
     rows = np.flatnonzero(datamodule.split.to_numpy() == "test")
     crops = np.asarray(datamodule.store.images[rows]).astype(np.float32)
@@ -179,11 +175,12 @@ def analyse(uri: str, run, seed: int, fresh: str = "", fresh_dir: Path | None = 
             z["val"], labels["val"], cultures["val"], z["train"], labels["train"]
         ),
     }
+    fresh_z = features(fresh_crops) if fresh else None  # once: every detector scores the same
     out = {"seed": seed, "run_id": run.info.run_id}
     for name, (score, threshold) in detectors.items():
         out[name] = figures(score, threshold, z["test"], cultures["test"], probes, real)
         if fresh:
-            flagged = score(features(fresh_crops)) > threshold
+            flagged = score(fresh_z) > threshold
             out[name]["fresh_test_flag_rate"] = round(float(flagged.mean()), 4)
             out[name]["fresh_test_cells"] = len(flagged)
             out[name]["fresh_test_cultures"] = len(np.unique(fresh_cultures))
