@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,7 @@ from nscfate.data.synthetic import (
     DEFAULT_CONDITIONS,
     GENERATOR_VERSION,
     SynthSettings,
+    describe,
     generate,
     maturity,
 )
@@ -276,3 +278,33 @@ def test_control_cultures_change_the_training_layout_and_keep_the_inducer_cells(
     assert synthetic_slug(settings | {"control_batches_per_group": 6}) != synthetic_slug(settings)
     with pytest.raises(NscfateError, match="control_batches_per_group must be null or between"):
         SynthSettings(cells_per_group=12, control_batches_per_group=13)
+
+
+def test_control_cells_grow_the_control_cultures_and_keep_the_inducer_cells() -> None:
+    """``control_cells_per_group`` adds control cultures (larger validation and test splits); the
+    inducer conditions' cells stay those of the dataset without it, pixels included, even where
+    their first rendering chunk also held control cells (100 control cells a group do not fill
+    whole chunks)."""
+    from nscfate.data.synthetic_cache import synthetic_slug
+
+    base = SynthSettings(seed=3, cells_per_group=100, days=(1,), control_batches_per_group=10)
+    more = replace(base, control_cells_per_group=250)
+    (images, index), (images2, index2) = generate(base), generate(more)
+    inducer, inducer2 = ((ix["condition"] != CONTROL).to_numpy() for ix in (index, index2))
+    columns = [c for c in index.columns if c != "source"]  # a cell's source names its row
+    pd.testing.assert_frame_equal(
+        index.loc[inducer, columns].reset_index(drop=True),
+        index2.loc[inducer2, columns].reset_index(drop=True),
+    )
+    assert images[inducer].tobytes() == images2[inducer2].tobytes()
+    control = index2[~inducer2]
+    assert control.groupby(["label", "day"]).size().eq(250).all()
+    assert control.groupby(["label", "day"])["batch"].nunique().eq(10).all()
+    assert index2["source"].is_unique and len(images2) == len(index2) == 750 + inducer.sum()
+    assert len(np.unique(images2[~inducer2].reshape(750, -1), axis=0)) == 750
+    pd.testing.assert_frame_equal(describe(more), index2)
+    settings = {"seed": 0, "cells_per_group": 12}
+    assert synthetic_slug(settings | {"control_cells_per_group": None}) == synthetic_slug(settings)
+    assert synthetic_slug(settings | {"control_cells_per_group": 24}) != synthetic_slug(settings)
+    with pytest.raises(NscfateError, match="control_cells_per_group must be null or at least"):
+        SynthSettings(cells_per_group=12, control_cells_per_group=4)

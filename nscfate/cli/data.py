@@ -52,6 +52,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
         "bit_depth": args.bit_depth,
         "batches_per_group": args.batches_per_group,
         "control_batches_per_group": args.control_batches_per_group,
+        "control_cells_per_group": args.control_cells_per_group,
     }
     if args.days:
         settings["days"] = _floats(args.days, "--days")
@@ -179,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="control cultures per fate and day, if not --batches-per-group (inducer cells unchanged)",
+    )
+    s.add_argument(
+        "--control-cells-per-group",
+        type=int,
+        default=None,
+        help="control cells per fate and day, if not --cells-per-group (inducer cells unchanged)",
     )
     s.add_argument("--bit-depth", type=int, choices=(8, 16), default=None)
     s.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -55,6 +55,7 @@ WAVELENGTH_UM = 0.55
 #: Cells rendered per vectorised chunk (also fixes the random streams, so keep it constant).
 CHUNK = 128
 _PIXEL_STREAM = 1_000_003  # seeds each chunk's noise apart from the plan/latent streams
+_CONTROL_PIXEL_STREAM = 2_000_003  # the extra control cells' own (control_cells_per_group)
 #: Most batches are imaged on this side of focus (dark rim, light halo, dark granules like real crops).
 FOCUS_SIGN = 1.0
 #: Focal-plane offsets (um) summed incoherently to mimic a partially coherent condenser.
@@ -108,6 +109,10 @@ class SynthSettings:
     #: training data's layout changes and the inducer conditions' cells stay those of
     #: ``batches_per_group`` (same cultures, morphology and acquisition). None = ``batches_per_group``.
     control_batches_per_group: int | None = None
+    #: Cells per (class, day) in control when they should differ from ``cells_per_group``: more
+    #: control cultures (of the control layout's size) for larger validation and test splits, the
+    #: inducer conditions' cells (and pixels) unchanged. None = ``cells_per_group``.
+    control_cells_per_group: int | None = None
 
     def __post_init__(self) -> None:
         # Accept lists and mappings (e.g. from a Hydra config) but store hashable tuples.
@@ -125,6 +130,15 @@ class SynthSettings:
             raise NscfateError(
                 "synthetic control_batches_per_group must be null or between 1 and"
                 f" cells_per_group ({self.cells_per_group}), got {self.control_batches_per_group}"
+            )
+        if self.control_cells_per_group is not None and not (
+            (self.control_batches_per_group or self.batches_per_group)
+            <= self.control_cells_per_group
+        ):
+            raise NscfateError(
+                "synthetic control_cells_per_group must be null or at least the control cultures"
+                f" per group ({self.control_batches_per_group or self.batches_per_group}),"
+                f" got {self.control_cells_per_group}"
             )
         if not 0.0 <= self.confound <= 1.0:
             raise NscfateError(f"synthetic confound must be in [0, 1], got {self.confound}")
@@ -591,24 +605,22 @@ def generate(settings: SynthSettings, progress: bool = False) -> tuple[np.ndarra
     morphology ``lat_*`` and acquisition ``acq_*`` columns.
     """
     s = settings
-    plan, acq, cells, pts = _describe(s)
+    parts = _parts(s)
     o = _Optics(s.size)
-    columns = {k: acq[k].to_numpy() for k in acq.columns}
-    n = len(plan)
+    n = sum(part.rows.stop - part.rows.start for part in parts)
     dtype = np.uint8 if s.bit_depth == 8 else np.uint16
     images = np.empty((n, s.size, s.size), dtype=dtype)
     bar = _progress(n, progress)
-    for number, start in enumerate(range(0, n, CHUNK)):
-        sel = slice(start, min(n, start + CHUNK))
-        rng = np.random.default_rng([s.seed, _PIXEL_STREAM, number])
-        phi, ab = _phase_maps(o, cells, pts, sel, rng)
-        chunk = {name: values[sel] for name, values in columns.items()}
-        intensity = _image(o, phi, ab, chunk)
-        images[sel] = _camera(o, intensity, chunk, s, rng)
-        if bar is not None:
-            bar.update(sel.stop - sel.start)
+    at = 0
+    for part in parts:
+        for pixels in _render(o, part, s):
+            images[at : at + len(pixels)] = pixels
+            at += len(pixels)
+            if bar is not None:
+                bar.update(len(pixels))
     if bar is not None:
         bar.close()
+    plan, acq, cells, _ = _stacked(parts)
     return images, _index(plan, acq, cells["lat"], s)
 
 
@@ -622,32 +634,97 @@ def describe(settings: SynthSettings) -> pd.DataFrame:
 Description = tuple[pd.DataFrame, pd.DataFrame, dict[str, Any], np.ndarray]
 
 
+@dataclass(frozen=True)
+class _Part:
+    """Rows ``rows`` of a description, rendered with the pixel random stream ``stream``."""
+
+    description: Description
+    rows: slice
+    stream: int
+
+
 def _describe(s: SynthSettings) -> Description:
-    """Everything but the pixels: plan, acquisition, latents and process paths of every cell.
+    """Everything but the pixels: plan, acquisition, latents and process paths of every cell."""
+    return _stacked(_parts(s))
+
+
+def _parts(s: SynthSettings) -> list[_Part]:
+    """The dataset as parts of whole layouts, each rendered with its own chunks.
 
     With ``control_batches_per_group`` the control rows (which come first) are described with that
     layout and the inducer rows exactly as with ``batches_per_group``, so changing the training
-    data's cultures leaves the inducer conditions' cells as they were.
+    data's cultures leaves the inducer conditions' cells as they were. With
+    ``control_cells_per_group`` the control rows come from a control-only layout of that size
+    (its own pixel stream) and the inducer rows are rendered from the dataset without it, chunk
+    by chunk as there, so their pixels too stay as they were.
     """
     if s.control_batches_per_group in (None, s.batches_per_group):
-        return _describe_layout(s)
-    control = _describe_layout(replace(s, batches_per_group=s.control_batches_per_group))
-    inducers = _describe_layout(replace(s, control_batches_per_group=None))
+        base = _describe_layout(replace(s, control_batches_per_group=None))
+    else:
+        control = _describe_layout(
+            replace(
+                s, batches_per_group=s.control_batches_per_group, control_batches_per_group=None
+            )
+        )
+        inducers = _describe_layout(replace(s, control_batches_per_group=None))
+        n = len(CLASSES) * len(s.days) * s.cells_per_group
+        base = _stack_rows(control, slice(0, n), inducers, slice(n, len(inducers[0])))
+    if s.control_cells_per_group in (None, s.cells_per_group):
+        return [_Part(base, slice(0, len(base[0])), _PIXEL_STREAM)]
+    control_only = replace(
+        s,
+        cells_per_group=s.control_cells_per_group,
+        batches_per_group=s.control_batches_per_group or s.batches_per_group,
+        control_batches_per_group=None,
+        control_cells_per_group=None,
+        conditions=(),
+    )
+    head = _describe_layout(control_only)
     n = len(CLASSES) * len(s.days) * s.cells_per_group
-    return _stack_rows(control, inducers, n)
+    return [
+        _Part(head, slice(0, len(head[0])), _CONTROL_PIXEL_STREAM),
+        _Part(base, slice(n, len(base[0])), _PIXEL_STREAM),
+    ]
 
 
-def _stack_rows(head: Description, tail: Description, n: int) -> Description:
-    """The first ``n`` cells of ``head`` followed by the cells of ``tail`` after its first ``n``."""
+def _stacked(parts: list[_Part]) -> Description:
+    """The parts' rows, one after the other, as one description."""
+    first = parts[0]
+    out = _stack_rows(first.description, first.rows, first.description, slice(0, 0))
+    for part in parts[1:]:
+        out = _stack_rows(out, slice(None), part.description, part.rows)
+    return out
+
+
+def _stack_rows(
+    head: Description, head_rows: slice, tail: Description, tail_rows: slice
+) -> Description:
+    """Rows ``head_rows`` of ``head`` followed by rows ``tail_rows`` of ``tail``."""
 
     def stack(a: Any, b: Any) -> Any:
         if isinstance(a, dict):
             return {k: stack(a[k], b[k]) for k in a}
         if isinstance(a, pd.DataFrame):
-            return pd.concat([a.iloc[:n], b.iloc[n:]], ignore_index=True)
-        return np.concatenate([a[:n], b[n:]])
+            return pd.concat([a.iloc[head_rows], b.iloc[tail_rows]], ignore_index=True)
+        return np.concatenate([a[head_rows], b[tail_rows]])
 
     return tuple(stack(a, b) for a, b in zip(head, tail, strict=True))  # type: ignore[return-value]
+
+
+def _render(o: _Optics, part: _Part, s: SynthSettings) -> Iterator[np.ndarray]:
+    """The pixels of ``part``'s rows, chunk by chunk of its whole description: a chunk's random
+    stream is fixed by its number, so rows render as they would in the whole layout."""
+    plan, acq, cells, pts = part.description
+    columns = {k: acq[k].to_numpy() for k in acq.columns}
+    first, stop = part.rows.start // CHUNK, part.rows.stop
+    for number in range(first, -(-stop // CHUNK)):
+        sel = slice(number * CHUNK, min(len(plan), (number + 1) * CHUNK))
+        rng = np.random.default_rng([s.seed, part.stream, number])
+        phi, ab = _phase_maps(o, cells, pts, sel, rng)
+        chunk = {name: values[sel] for name, values in columns.items()}
+        pixels = _camera(o, _image(o, phi, ab, chunk), chunk, s, rng)
+        keep = slice(max(sel.start, part.rows.start), min(sel.stop, stop))
+        yield pixels[keep.start - sel.start : keep.stop - sel.start]
 
 
 def _describe_layout(s: SynthSettings) -> Description:

@@ -24,7 +24,11 @@ from nscfate.data.store import (
 from nscfate.errors import NscfateError
 
 #: Generator settings added after stores were first cached, with the default that reproduces them.
-ADDED_LATER = {"inducer_shift": 1.0, "control_batches_per_group": None}
+ADDED_LATER = {
+    "inducer_shift": 1.0,
+    "control_batches_per_group": None,
+    "control_cells_per_group": None,
+}
 
 
 def synthetic_slug(settings: Mapping[str, Any]) -> str:
