@@ -47,7 +47,7 @@ from nscfate.data.synthetic import SynthSettings
 from nscfate.data.synthetic_cache import synth_settings
 from nscfate.estimation import EstimationSettings, FateEstimator, fit_estimator
 from nscfate.estimation.calibration import METHODS as CALIBRATIONS
-from nscfate.estimation.calibration import fit_calibration
+from nscfate.estimation.calibration import fit_day_calibration
 from nscfate.estimation.quantify import METHODS, RESAMPLING, Reference, estimate
 from nscfate.evaluation.evaluate import LOGIT_COLUMNS
 from nscfate.files import atomic_write
@@ -161,24 +161,38 @@ def shipped(run: mlflow.entities.Run, fractions: pd.DataFrame) -> dict:
 
 
 def method_grid(cells: pd.DataFrame, estimator: FateEstimator) -> dict:
-    """Point-estimate error of every calibration x quantification method on the same logits."""
+    """Point-estimate error of every calibration (pooled, and ``<method>_by_day``: a map per day
+    of culture) x quantification method on the same logits."""
     indep = cells[cells["split"].str.startswith("indep:")]
     test = cells[cells["split"] == "test"]
+    days = lambda frame: frame["day"].to_numpy(dtype=np.float64)  # noqa: E731
     out = {}
-    for calibration_method in CALIBRATIONS:
-        cal = fit_calibration(estimator.val_logits, estimator.val_labels, calibration_method)
-        ref = Reference(cal.probabilities(estimator.val_logits), estimator.val_labels)
-        probs = torch.tensor(cal.probabilities(test[LOGIT_COLUMNS].to_numpy()))
+    for calibration_method, by_day in [(c, d) for c in CALIBRATIONS for d in (False, True)]:
+        if by_day and (calibration_method == "none" or estimator.val_days is None):
+            continue
+        name = calibration_method + ("_by_day" if by_day else "")
+        cal = fit_day_calibration(
+            estimator.val_logits,
+            estimator.val_labels,
+            estimator.val_days,
+            calibration_method,
+            by_day,
+        )
+        ref = Reference(
+            cal.probabilities(estimator.val_logits, estimator.val_days), estimator.val_labels
+        )
+        probs = torch.tensor(cal.probabilities(test[LOGIT_COLUMNS].to_numpy(), days(test)))
         target = torch.tensor(test["label"].map(CLASSES.index).to_numpy())
         ece = multiclass_calibration_error(probs, target, len(CLASSES), n_bins=15, norm="l1")
-        out[f"ece_{calibration_method}"] = round(float(ece), 4)
+        out[f"ece_{name}"] = round(float(ece), 4)
         for method in METHODS:
             errors = []
             for _, group in indep.groupby("condition"):
                 truth = group["label"].value_counts(normalize=True).reindex(CLASSES, fill_value=0)
-                est = estimate(method, cal.probabilities(group[LOGIT_COLUMNS].to_numpy()), ref)
+                probs = cal.probabilities(group[LOGIT_COLUMNS].to_numpy(), days(group))
+                est = estimate(method, probs, ref)
                 errors += list(np.abs(est - truth.to_numpy()))
-            out[f"{calibration_method}+{method}"] = {
+            out[f"{name}+{method}"] = {
                 "mae": round(float(np.mean(errors)), 4),
                 "max_err": round(float(np.max(errors)), 4),
             }
@@ -206,7 +220,8 @@ def oracle_grid(run: mlflow.entities.Run, seed: int) -> dict:
     settings = run_synth_settings(run.data.params)
     index = describe(settings)
     conditions = tuple(name for name, _ in settings.conditions)
-    split = make_split(index, SplitSpec(seed=seed, holdout_conditions=conditions))
+    fractions = {k: float(run.data.params.get(f"data.split.{k}", 0.15)) for k in ("val", "test")}
+    split = make_split(index, SplitSpec(**fractions, seed=seed, holdout_conditions=conditions))
     model = fit_oracle(index, split)
     return {
         calibration: {
@@ -236,20 +251,27 @@ def interval_grid(cells: pd.DataFrame, estimator: FateEstimator) -> dict:
     for pair in INTERVAL_CANDIDATES:
         calibration, method, resample = pair.replace("/", "+").split("+")
         settings = EstimationSettings(
-            calibration=calibration, quantify=method, resample=resample.removeprefix("val_")
+            calibration=calibration,
+            calibrate_by_day=estimator.settings.calibrate_by_day,
+            quantify=method,
+            resample=resample.removeprefix("val_"),
         )
         candidate = fit_estimator(
             settings,
             estimator.val_logits,
             estimator.val_labels,
             val_cultures=estimator.val_cultures,
+            val_days=estimator.val_days,
         )
         hits, halves, errors = [], [], []
         for i, (_, group) in enumerate(indep.groupby("condition")):
             truth = group["label"].value_counts(normalize=True).reindex(CLASSES, fill_value=0)
             cultures = None if resample == "val_cultures" else group["batch"].to_numpy()
             interval = candidate.fractions(
-                group[LOGIT_COLUMNS].to_numpy(), seed=i, cultures=cultures
+                group[LOGIT_COLUMNS].to_numpy(),
+                seed=i,
+                cultures=cultures,
+                days=group["day"].to_numpy(dtype=np.float64),
             )
             truth = truth.to_numpy()
             hits += list((interval.low <= truth) & (truth <= interval.high))

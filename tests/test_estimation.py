@@ -11,7 +11,12 @@ import torch
 
 from nscfate.errors import NscfateError
 from nscfate.estimation import ESTIMATION_KEY, EstimationSettings, FateEstimator, fit_estimator
-from nscfate.estimation.calibration import Calibration, fit_calibration, fit_calibrations
+from nscfate.estimation.calibration import (
+    Calibration,
+    DayCalibration,
+    fit_calibration,
+    fit_calibrations,
+)
 from nscfate.estimation.ood import fit_ood
 from nscfate.estimation.quantify import METHODS, Reference, estimate
 
@@ -135,6 +140,85 @@ def test_intervals_cover_the_truth_and_state_round_trips():
     first, second = estimator.fractions(logits, seed=5), again.fractions(logits, seed=5)
     assert np.allclose(first.estimate, second.estimate)
     assert np.allclose(first.low, second.low) and np.allclose(first.high, second.high)
+
+
+def simulate_days(n_per_day, rng, prior=(1 / 3,) * 3):
+    """Cells of days 1 and 7: an overconfident network on day 1 (classes barely apart, logits
+    sharp) and an underconfident one on day 7 (classes far apart, logits flat), as trained
+    networks are on early and late cultures."""
+    logits, labels, days = [], [], []
+    for day, separation, sharpness in ((1.0, 0.4, 3.0), (7.0, 3.0, 0.6)):
+        y = rng.choice(K, size=n_per_day, p=prior)
+        logits.append(sharpness * (np.eye(K)[y] * separation + rng.normal(0, 1.0, (n_per_day, K))))
+        labels.append(y)
+        days.append(np.full(n_per_day, day))
+    return np.concatenate(logits), np.concatenate(labels), np.concatenate(days)
+
+
+@pytest.mark.parametrize("method", ["ts", "bcts"])
+def test_a_calibration_per_day_fixes_what_one_temperature_cannot(method):
+    """One temperature over both days leaves day 1 overconfident and day 7 underconfident; a map
+    per day calibrates each, and so the whole set, on fresh cells."""
+    rng = np.random.default_rng(7)
+    val_logits, val_labels, val_days = simulate_days(1500, rng)
+    logits, labels, days = simulate_days(4000, rng)
+    pooled = fit_estimator(
+        EstimationSettings(calibration=method, calibrate_by_day=False, n_boot=0),
+        val_logits,
+        val_labels,
+        val_days=val_days,
+    )
+    per_day = fit_estimator(
+        EstimationSettings(calibration=method, n_boot=0), val_logits, val_labels, val_days=val_days
+    )
+    assert not pooled.calibration.days and [d for d, _ in per_day.calibration.days] == [1.0, 7.0]
+    for day in (1.0, 7.0):
+        on = days == day
+        assert ece(pooled.probabilities(logits, days)[on], labels[on]) > 0.08
+        assert ece(per_day.probabilities(logits, days)[on], labels[on]) < 0.03
+    assert ece(per_day.probabilities(logits, days), labels) < 0.02
+    assert ece(pooled.probabilities(logits, days), labels) > 2 * ece(
+        per_day.probabilities(logits, days), labels
+    )
+    # a cell of an unknown or uncalibrated day goes through the pooled map
+    unknown = np.full(len(days), np.nan)
+    assert np.allclose(per_day.probabilities(logits, unknown), pooled.probabilities(logits))
+    assert np.allclose(
+        per_day.probabilities(logits, np.full(len(days), 3.0)), pooled.probabilities(logits)
+    )
+
+
+def test_days_with_few_validation_cells_keep_the_pooled_map_and_state_round_trips():
+    rng = np.random.default_rng(8)
+    val_logits, val_labels, val_days = simulate_days(600, rng)
+    rare = (val_days == 7.0) & (val_labels == 2)
+    keep = ~rare | (np.cumsum(rare) <= 20)  # day 7 keeps 20 cells of fate 2: too few for a map
+    estimator = fit_estimator(
+        EstimationSettings(n_boot=50), val_logits[keep], val_labels[keep], val_days=val_days[keep]
+    )
+    assert [d for d, _ in estimator.calibration.days] == [1.0]
+    # the bootstrap refits every day's map on each resample, from the validation cells' own days
+    logits, _, days = simulate_days(300, rng, prior=(0.2, 0.2, 0.6))
+    first = estimator.fractions(logits, seed=3, days=days)
+    buffer = io.BytesIO()
+    torch.save({ESTIMATION_KEY: estimator.state()}, buffer)
+    buffer.seek(0)
+    again = FateEstimator.from_state(torch.load(buffer, weights_only=True)[ESTIMATION_KEY])
+    assert np.array_equal(again.val_days, estimator.val_days)
+    assert again.calibration == estimator.calibration
+    second = again.fractions(logits, seed=3, days=days)
+    assert np.allclose(first.low, second.low) and np.allclose(first.high, second.high)
+    refits = [cal for cal, _ in estimator._resamples]
+    assert all([d for d, _ in cal.days] == [1.0] for cal in refits)
+    assert len({cal.days[0][1] for cal in refits}) > 40  # each resample its own day-1 map
+    # a state from before days (one map, no validation days) loads as a pooled calibration
+    old = estimator.state() | {"calibration": estimator.calibration.pooled.state()}
+    del old["val_days"]
+    legacy = FateEstimator.from_state(old)
+    assert legacy.calibration == DayCalibration(estimator.calibration.pooled)
+    assert np.allclose(
+        legacy.probabilities(logits, days), estimator.calibration.pooled.probabilities(logits)
+    )
 
 
 def test_ood_detector_flags_its_rate_and_separates_far_features():

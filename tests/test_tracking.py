@@ -195,10 +195,27 @@ def test_pyfunc_matches_training_predictions(tracked):
     cells = pd.read_csv(client.download_artifacts(run.info.run_id, "predictions/cells.csv"))
     store = open_store(run.data.tags["nscfate.dataset_path"])
     rows = cells["row"].to_numpy()[:40]
-    out = model.predict(np.asarray(store.images[rows]).astype(np.float32))
+    crops = np.asarray(store.images[rows]).astype(np.float32)
+    days = cells["day"].to_numpy(dtype=np.float64)[:40].tolist()
+    out = model.predict(crops, params={"days": days})  # each crop through its day's calibration
     assert np.allclose(
         out[list(CLASSES)].to_numpy(), cells[[f"p_{c}" for c in CLASSES]].to_numpy()[:40], atol=1e-5
     )  # calibrated the same way
+    with pytest.raises(Exception, match="expected one day per crop"):
+        model.predict(crops, params={"days": days[:3]})
+    # with a calibration per day (this tiny run's validation split is too small for one), the
+    # days passed through MLflow's predict pick each crop's map
+    from nscfate.estimation import EstimationSettings, fit_estimator
+    from tests.test_estimation import simulate_days
+
+    inner = model.unwrap_python_model()
+    z, y, d = simulate_days(300, np.random.default_rng(0))
+    inner.estimator = fit_estimator(EstimationSettings(n_boot=0), z, y, val_days=d)
+    day1, pooled = model.predict(crops, params={"days": [1.0] * 40}), model.predict(crops)
+    logits = out[[f"logit_{c}" for c in CLASSES]].to_numpy()
+    expected = inner.estimator.probabilities(logits, np.ones(40))
+    assert np.allclose(day1[list(CLASSES)].to_numpy(), expected, atol=1e-6)
+    assert not np.allclose(day1[list(CLASSES)].to_numpy(), pooled[list(CLASSES)].to_numpy())
     assert np.allclose(out["ood_score"], cells["ood_score"].to_numpy()[:40], rtol=1e-4)
     assert (out["ood"].to_numpy() == cells["ood"].to_numpy()[:40]).all()
 

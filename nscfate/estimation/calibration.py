@@ -4,6 +4,10 @@ Methods (``calibration.method``): ``none``; ``ts`` temperature scaling (one scal
 ``bcts`` bias-corrected temperature scaling (one scale plus a bias per class; Alexandari et al. 2020
 found it the best input to EM under label shift); ``vs`` vector scaling (a scale and a bias per
 class). All are ``softmax(logits * scale + bias)`` with different parameters tied.
+
+With ``calibration.by_day`` (:class:`DayCalibration`) each day of culture with enough validation
+cells gets its own map and other cells the pooled one: a network is overconfident on day-1 cells,
+which barely differ yet, and underconfident on day-7 cells, so one temperature fits neither.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from nscfate.errors import NscfateError
 METHODS = ("none", "ts", "bcts", "vs")
 #: Range of the fitted logit scale (1 / temperature) and of the (centred) class biases.
 MIN_SCALE, MAX_SCALE, MAX_BIAS = 0.05, 20.0, 10.0
+#: A day gets its own calibration when the validation split holds this many cells of every class
+#: on it; other days (and cells of unknown day) use the pooled one.
+MIN_CELLS_PER_CLASS = 30
 
 
 @dataclass(frozen=True)
@@ -33,8 +40,9 @@ class Calibration:
         """No calibration: plain softmax."""
         return cls("none", (1.0,) * num_classes, (0.0,) * num_classes)
 
-    def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        """Calibrated class probabilities (N, K) from raw logits (N, K)."""
+    def probabilities(self, logits: np.ndarray, days: np.ndarray | None = None) -> np.ndarray:
+        """Calibrated class probabilities (N, K) from raw logits (N, K); ``days`` is ignored (one
+        map for every cell)."""
         z = np.asarray(logits, dtype=np.float64) * np.asarray(self.scale) + np.asarray(self.bias)
         z -= z.max(axis=1, keepdims=True)
         p = np.exp(z)
@@ -53,6 +61,108 @@ class Calibration:
     def from_state(cls, state: dict) -> Calibration:
         """Inverse of :meth:`state`."""
         return cls(state["method"], tuple(state["scale"]), tuple(state["bias"]))
+
+
+@dataclass(frozen=True)
+class DayCalibration:
+    """A calibration per day of culture (``days``: (day, map) pairs) and the ``pooled`` one, fit
+    on every validation cell, for cells of other or unknown days."""
+
+    pooled: Calibration
+    days: tuple[tuple[float, Calibration], ...] = ()
+
+    @property
+    def method(self) -> str:
+        """The calibration method of every map."""
+        return self.pooled.method
+
+    @property
+    def temperature(self) -> float:
+        """The pooled map's temperature."""
+        return self.pooled.temperature
+
+    def probabilities(self, logits: np.ndarray, days: np.ndarray | None = None) -> np.ndarray:
+        """Calibrated class probabilities (N, K): each cell through its day's map (``days``, one
+        per cell, NaN where unknown), the pooled map where its day has none."""
+        probs = self.pooled.probabilities(logits)
+        if days is None or not self.days:
+            return probs
+        days = np.asarray(days, dtype=np.float64)
+        z = np.asarray(logits)
+        for day, calibration in self.days:
+            on_day = days == day
+            if on_day.any():
+                probs[on_day] = calibration.probabilities(z[on_day])
+        return probs
+
+    def state(self) -> dict:
+        """Plain-data form, for checkpoints and the pyfunc model."""
+        return self.pooled.state() | {"days": [[d, c.state()] for d, c in self.days]}
+
+    @classmethod
+    def from_state(cls, state: dict) -> DayCalibration:
+        """Inverse of :meth:`state` (a single map's state, from before days, has no days)."""
+        days = tuple((float(d), Calibration.from_state(c)) for d, c in state.get("days", []))
+        return cls(Calibration.from_state(state), days)
+
+
+def calibrated_days(labels: np.ndarray, days: np.ndarray | None, num_classes: int) -> list[float]:
+    """The days with at least :data:`MIN_CELLS_PER_CLASS` validation cells of every class."""
+    if days is None:
+        return []
+    days = np.asarray(days, dtype=np.float64)
+    out = []
+    for day in np.unique(days[np.isfinite(days)]):
+        counts = np.bincount(np.asarray(labels)[days == day], minlength=num_classes)
+        if counts.min() >= MIN_CELLS_PER_CLASS:
+            out.append(float(day))
+    return out
+
+
+def fit_day_calibrations(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    days: np.ndarray | None,
+    weights: np.ndarray,
+    method: str = "bcts",
+    start: DayCalibration | None = None,
+    by_day: bool = True,
+) -> list[DayCalibration]:
+    """One :class:`DayCalibration` per row of ``weights`` (B, N): the pooled map on every cell and,
+    with ``by_day``, one map per day with enough cells (:func:`calibrated_days`), each on its day's
+    cells, all B problems of a day fitted at once (:func:`fit_calibrations`)."""
+    z, y = np.asarray(logits, dtype=np.float64), np.asarray(labels)
+    w = np.asarray(weights, dtype=np.float64)
+    pooled = fit_calibrations(z, y, w, method, start.pooled if start else None)
+    fitted_days = calibrated_days(y, days, z.shape[1]) if by_day and method != "none" else []
+    starts = dict(start.days) if start else {}
+    per_day = []
+    for day in fitted_days:
+        on_day = np.asarray(days, dtype=np.float64) == day
+        weights_on_day = w[:, on_day]
+        # a bootstrap draw without a day's cells keeps the pooled map for that day
+        empty = weights_on_day.sum(axis=1) == 0
+        weights_on_day[empty] = 1.0
+        fits = fit_calibrations(z[on_day], y[on_day], weights_on_day, method, starts.get(day))
+        per_day.append([pooled[b] if empty[b] else fit for b, fit in enumerate(fits)])
+    return [
+        DayCalibration(
+            pooled[b], tuple((d, fits[b]) for d, fits in zip(fitted_days, per_day, strict=True))
+        )
+        for b in range(len(w))
+    ]
+
+
+def fit_day_calibration(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    days: np.ndarray | None,
+    method: str = "bcts",
+    by_day: bool = True,
+) -> DayCalibration:
+    """:func:`fit_day_calibrations` on all cells, each counted once."""
+    weights = np.ones((1, len(labels)))
+    return fit_day_calibrations(logits, labels, days, weights, method, by_day=by_day)[0]
 
 
 def fit_calibration(

@@ -17,7 +17,7 @@ import torch
 
 from nscfate.errors import NscfateError
 from nscfate.estimation.calibration import METHODS as CALIBRATION_METHODS
-from nscfate.estimation.calibration import Calibration, fit_calibration
+from nscfate.estimation.calibration import Calibration, DayCalibration, fit_day_calibration
 from nscfate.estimation.ood import OodDetector, fit_ood
 from nscfate.estimation.quantify import (
     RESAMPLING,
@@ -37,6 +37,8 @@ class EstimationSettings:
     """``calibration.method``, ``quantify.*`` and ``ood.*`` of the run config."""
 
     calibration: str = "bcts"
+    #: A calibration per day of culture where the validation split has enough cells of it.
+    calibrate_by_day: bool = True
     quantify: str = "emq"
     n_boot: int = 200
     level: float = 0.95
@@ -73,6 +75,7 @@ class EstimationSettings:
         get = lambda node, key, default: (cfg.get(node) or {}).get(key, default)  # noqa: E731
         return cls(
             calibration=get("calibration", "method", cls.calibration),
+            calibrate_by_day=bool(get("calibration", "by_day", cls.calibrate_by_day)),
             quantify=get("quantify", "method", cls.quantify),
             n_boot=int(get("quantify", "n_boot", cls.n_boot)),
             level=float(get("quantify", "level", cls.level)),
@@ -87,12 +90,14 @@ class FateEstimator:
     """Calibrated probabilities, OOD scores and corrected fate fractions for a trained model."""
 
     settings: EstimationSettings
-    calibration: Calibration
+    calibration: DayCalibration
     val_logits: np.ndarray
     val_labels: np.ndarray
     ood: OodDetector | None = None
     #: Culture of each validation cell (codes), for the two-stage bootstrap; None where unknown.
     val_cultures: np.ndarray | None = None
+    #: Day of culture of each validation cell (NaN where unknown); None where no day is known.
+    val_days: np.ndarray | None = None
     _resamples: list = field(default=None, repr=False)  # type: ignore[assignment]
 
     @classmethod
@@ -102,14 +107,15 @@ class FateEstimator:
         empty = np.zeros((0, num_classes))
         return cls(
             EstimationSettings(calibration="none", quantify="cc", n_boot=0),
-            Calibration.identity(num_classes),
+            DayCalibration(Calibration.identity(num_classes)),
             empty,
             np.zeros(0, dtype=np.int64),
         )
 
-    def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        """Calibrated class probabilities."""
-        return self.calibration.probabilities(logits)
+    def probabilities(self, logits: np.ndarray, days: np.ndarray | None = None) -> np.ndarray:
+        """Calibrated class probabilities; ``days`` (each cell's day of culture, NaN where
+        unknown) picks each cell's day calibration."""
+        return self.calibration.probabilities(logits, days)
 
     def ood_scores(self, features: np.ndarray) -> np.ndarray:
         """Per-cell OOD score (NaN when the model has no detector)."""
@@ -126,18 +132,22 @@ class FateEstimator:
     @cached_property
     def reference(self) -> Reference:
         """The validation cells' calibrated posteriors and labels."""
-        return Reference(self.probabilities(self.val_logits), self.val_labels)
+        return Reference(self.probabilities(self.val_logits, self.val_days), self.val_labels)
 
     def by_culture(self) -> bool:
         """Whether intervals resample cultures (the setting asks for it)."""
         return self.settings.resample == "cultures"
 
     def fractions(
-        self, logits: np.ndarray, seed: int = 0, cultures: np.ndarray | None = None
+        self,
+        logits: np.ndarray,
+        seed: int = 0,
+        cultures: np.ndarray | None = None,
+        days: np.ndarray | None = None,
     ) -> Interval:
         """Corrected fate fractions of one group of cells, with a bootstrap interval (NaN for a
         diverged network). ``cultures``: the culture of each cell, for a two-stage bootstrap
-        (ignored under ``quantify.resample=cells``)."""
+        (ignored under ``quantify.resample=cells``); ``days``: each cell's day of culture."""
         if not (np.isfinite(logits).all() and np.isfinite(self.val_logits).all()):
             nan = np.full(np.asarray(logits).shape[1], np.nan)
             return Interval(nan, nan, nan)
@@ -149,6 +159,7 @@ class FateEstimator:
                 self.settings.n_boot,
                 self.settings.seed,
                 self.val_cultures if self.by_culture() else None,
+                self.val_days,
             )
         return estimate_with_interval(
             self.settings.quantify,
@@ -159,6 +170,7 @@ class FateEstimator:
             self.settings.level,
             seed,
             cultures if self.by_culture() else None,
+            days,
         )
 
     def state(self) -> dict:
@@ -172,6 +184,9 @@ class FateEstimator:
             "val_cultures": None
             if self.val_cultures is None
             else torch.as_tensor(self.val_cultures, dtype=torch.int64),
+            "val_days": None
+            if self.val_days is None
+            else torch.as_tensor(self.val_days, dtype=torch.float64),
         }
 
     @classmethod
@@ -179,13 +194,16 @@ class FateEstimator:
         """Inverse of :meth:`state`."""
         return cls(
             EstimationSettings(**state["settings"]),
-            Calibration.from_state(state["calibration"]),
+            DayCalibration.from_state(state["calibration"]),
             np.asarray(state["val_logits"], dtype=np.float64),
             np.asarray(state["val_labels"], dtype=np.int64),
             OodDetector.from_state(state["ood"]) if state.get("ood") else None,
             None
             if state.get("val_cultures") is None
             else np.asarray(state["val_cultures"], dtype=np.int64),
+            None
+            if state.get("val_days") is None
+            else np.asarray(state["val_days"], dtype=np.float64),
         )
 
 
@@ -197,20 +215,28 @@ def fit_estimator(
     train_labels: np.ndarray | None = None,
     val_features: np.ndarray | None = None,
     val_cultures: np.ndarray | None = None,
+    val_days: np.ndarray | None = None,
 ) -> FateEstimator:
     """Fit calibration on the validation cells and, given features, the OOD detector.
-    ``val_cultures``: the culture of each validation cell (any labels), kept for the intervals."""
+    ``val_cultures``: the culture of each validation cell (any labels), kept for the intervals;
+    ``val_days``: its day of culture (NaN where unknown), for a calibration per day."""
     settings.check()
     codes = None if val_cultures is None else np.unique(val_cultures, return_inverse=True)[1]
+    days = None if val_days is None else np.asarray(val_days, dtype=np.float64)
+    if days is not None and not np.isfinite(days).any():
+        days = None
     if not np.isfinite(val_logits).all():  # a diverged network: nothing to calibrate or measure
         return FateEstimator(
             settings,
-            Calibration.identity(np.asarray(val_logits).shape[1]),
+            DayCalibration(Calibration.identity(np.asarray(val_logits).shape[1])),
             np.asarray(val_logits, np.float64),
             np.asarray(val_labels, np.int64),
             val_cultures=codes,
+            val_days=days,
         )
-    calibration = fit_calibration(val_logits, val_labels, settings.calibration)
+    calibration = fit_day_calibration(
+        val_logits, val_labels, days, settings.calibration, settings.calibrate_by_day
+    )
     ood = None
     features = (train_features, val_features)
     if all(f is not None and np.isfinite(f).all() for f in features):
@@ -222,4 +248,5 @@ def fit_estimator(
         np.asarray(val_labels, np.int64),
         ood,
         codes,
+        days,
     )

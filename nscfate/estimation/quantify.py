@@ -25,7 +25,7 @@ from quapy.functional import normalize_prevalence
 from quapy.method.aggregative import ACC, EMQ, PACC
 
 from nscfate.errors import NscfateError
-from nscfate.estimation.calibration import Calibration, fit_calibrations
+from nscfate.estimation.calibration import DayCalibration, fit_day_calibrations
 
 METHODS = ("cc", "pcc", "acc", "pacc", "emq")
 #: What the interval's bootstrap resamples: cultures then their cells (where known), or cells.
@@ -165,14 +165,15 @@ class Resampler:
 def bootstrap_references(
     val_logits: np.ndarray,
     val_labels: np.ndarray,
-    calibration: Calibration,
+    calibration: DayCalibration,
     n_boot: int,
     seed: int,
     val_cultures: np.ndarray | None = None,
-) -> list[tuple[Calibration, Reference]]:
+    val_days: np.ndarray | None = None,
+) -> list[tuple[DayCalibration, Reference]]:
     """``n_boot`` resamples of the validation cells (over their cultures within each fate, when
     ``val_cultures`` is given), each with its own refitted calibration (all fitted at once, started
-    from ``calibration``, the fit on all of them)."""
+    from ``calibration``, the fit on all of them; per day where it has days, ``val_days``)."""
     if n_boot <= 0:
         return []
     rng = np.random.default_rng(seed)
@@ -180,9 +181,18 @@ def bootstrap_references(
     resampler = Resampler(n, val_cultures, val_labels)
     picks = [resampler.draw(rng) for _ in range(n_boot)]
     weights = np.stack([np.bincount(pick, minlength=n) for pick in picks])
-    refits = fit_calibrations(val_logits, val_labels, weights, calibration.method, calibration)
+    refits = fit_day_calibrations(
+        val_logits,
+        val_labels,
+        val_days,
+        weights,
+        calibration.method,
+        calibration,
+        by_day=bool(calibration.days),
+    )
+    days_of = (lambda pick: None) if val_days is None else (lambda pick: val_days[pick])  # noqa: E731
     return [
-        (refit, Reference(refit.probabilities(val_logits[pick]), val_labels[pick]))
+        (refit, Reference(refit.probabilities(val_logits[pick], days_of(pick)), val_labels[pick]))
         for refit, pick in zip(refits, picks, strict=True)
     ]
 
@@ -190,16 +200,19 @@ def bootstrap_references(
 def estimate_with_interval(
     method: str,
     logits: np.ndarray,
-    calibration: Calibration,
+    calibration: DayCalibration,
     reference: Reference,
-    resamples: list[tuple[Calibration, Reference]],
+    resamples: list[tuple[DayCalibration, Reference]],
     level: float = 0.95,
     seed: int = 0,
     cultures: np.ndarray | None = None,
+    days: np.ndarray | None = None,
 ) -> Interval:
     """Estimate and percentile interval: each bootstrap round resamples the group's cells (two-stage
-    over ``cultures`` when given) and uses one validation resample (its calibration and reference)."""
-    point = estimate(method, calibration.probabilities(logits), reference)
+    over ``cultures`` when given) and uses one validation resample (its calibration and reference).
+    ``days``: each cell's day of culture, for calibrations per day."""
+    days = None if days is None else np.asarray(days, dtype=np.float64)
+    point = estimate(method, calibration.probabilities(logits, days), reference)
     if not resamples:
         return Interval(point, point.copy(), point.copy())
     rng = np.random.default_rng(seed)
@@ -207,11 +220,13 @@ def estimate_with_interval(
     picks = [resampler.draw(rng) for _ in resamples]
     if method == "emq":  # every round at once: EM's Python loop is the cost, not its arithmetic
         weights = np.stack([np.bincount(pick, minlength=len(logits)) for pick in picks])
-        probs = np.stack([cal.probabilities(logits) for cal, _ in resamples])
+        probs = np.stack([cal.probabilities(logits, days) for cal, _ in resamples])
         draws = em_rounds(np.stack([ref.prior for _, ref in resamples]), probs, weights)
     else:
         draws = [
-            estimate(method, cal.probabilities(logits[pick]), ref)
+            estimate(
+                method, cal.probabilities(logits[pick], None if days is None else days[pick]), ref
+            )
             for pick, (cal, ref) in zip(picks, resamples, strict=True)
         ]
     alpha = (1 - level) / 2

@@ -219,7 +219,9 @@ def fit_estimator_on(
         datamodule.loader(TRAIN, augmented=False, workers=0, limit_batches=limit_batches),
     )
     known = val.labels >= 0  # unlabelled cells (label -1) cannot teach the calibration
-    cultures = datamodule.store.index["batch"].to_numpy()[val.rows[known]]
+    index = datamodule.store.index
+    cultures = index["batch"].to_numpy()[val.rows[known]]
+    days = index["day"].to_numpy(dtype=np.float64)[val.rows[known]]
     return fit_estimator(
         settings,
         val.logits[known],
@@ -228,14 +230,18 @@ def fit_estimator_on(
         train.labels,
         val.features,
         cultures,
+        days,
     )
 
 
-def cell_table(outputs: Outputs, estimator: FateEstimator) -> pd.DataFrame:
-    """One row per crop: store row, raw logits, calibrated probabilities, OOD score and flag."""
+def cell_table(
+    outputs: Outputs, estimator: FateEstimator, days: np.ndarray | None = None
+) -> pd.DataFrame:
+    """One row per crop: store row, raw logits, calibrated probabilities (through each crop's day
+    calibration, ``days`` per crop), OOD score and flag."""
     table = pd.DataFrame({"row": outputs.rows})
     table[LOGIT_COLUMNS] = outputs.logits
-    table[PROB_COLUMNS] = estimator.probabilities(outputs.logits)
+    table[PROB_COLUMNS] = estimator.probabilities(outputs.logits, days)
     scores = estimator.ood_scores(outputs.features)
     table["ood_score"] = scores
     table["ood"] = estimator.ood_flags(scores)
@@ -359,7 +365,8 @@ def fate_fractions(
 def _group_estimate(group: pd.DataFrame, estimator: FateEstimator | None, seed: int) -> Interval:
     if estimator is not None:
         logits = group[LOGIT_COLUMNS].to_numpy()
-        return estimator.fractions(logits, seed=seed, cultures=sampled_cultures(group))
+        days = group["day"].to_numpy(dtype=np.float64) if "day" in group else None
+        return estimator.fractions(logits, seed=seed, cultures=sampled_cultures(group), days=days)
     hard = np.eye(len(CLASSES))[group["predicted"].map(CLASSES.index).to_numpy()]
     rng = np.random.default_rng(seed)
     draws = [hard[rng.integers(0, len(hard), len(hard))].mean(0) for _ in range(200)]
@@ -455,13 +462,12 @@ def evaluate(
     """
     parts = parts or [p for p in datamodule.parts if p == TEST or p.startswith(INDEP)]
     net = inference_copy(model)
-    tables = [
-        cell_table(
-            infer(net, datamodule.loader(part, workers=0, limit_batches=limit_batches)),
-            estimator,
-        )
+    days = datamodule.store.index["day"].to_numpy(dtype=np.float64)
+    outputs = [
+        infer(net, datamodule.loader(part, workers=0, limit_batches=limit_batches))
         for part in parts
     ]
+    tables = [cell_table(out, estimator, days[out.rows]) for out in outputs]
     cells = attach_cells(
         pd.concat(tables, ignore_index=True), datamodule.store.index, datamodule.split
     )
@@ -521,13 +527,18 @@ def oracle_fraction_errors(
         return {}
     labels = index["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
     val = rows_of(split, VAL)
+    days = index["day"].to_numpy(dtype=np.float64)
     estimator = fit_estimator(
-        replace(settings, n_boot=0), oracle_log_probs(model, index, val), labels[val]
+        replace(settings, n_boot=0),
+        oracle_log_probs(model, index, val),
+        labels[val],
+        val_days=days[val],
     )
     rows = rows_of(split, parts)
     logits = oracle_log_probs(model, index, rows)
     cells = pd.DataFrame(logits, columns=LOGIT_COLUMNS).assign(
         condition=index["condition"].to_numpy()[rows],
+        day=days[rows],
         label=index["label"].to_numpy()[rows],
         predicted=np.asarray(CLASSES)[logits.argmax(axis=1)],
     )

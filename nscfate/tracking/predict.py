@@ -65,8 +65,10 @@ def predict_cells(
     """One row per cell: source (and known columns), predicted fate, one calibrated probability
     per class, raw logits, OOD score and flag; and the model's estimator (None if it has none)."""
     inner = model.unwrap_python_model() if hasattr(model, "unwrap_python_model") else None
+    days = cells["day"].to_numpy(dtype=np.float64) if "day" in cells else None
+    params = {"days": days} if days is not None and np.isfinite(days).any() else None
     if isinstance(inner, FateModel):  # takes crops of different sizes in one call
-        probs = inner.predict(None, crops)
+        probs = inner.predict(None, crops, params)
     else:
         probs = model.predict(np.stack(crops).astype(np.float32))
     out = cells.reset_index(drop=True).copy()

@@ -19,11 +19,12 @@ import numpy as np
 import pandas as pd
 import torch
 from mlflow.models import Model, ModelSignature
-from mlflow.types import ColSpec, Schema, TensorSpec
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 from nscfate.data.normalize import Normalizer
 from nscfate.data.preprocess import prepare_batch
 from nscfate.data.schema import CLASSES
+from nscfate.errors import NscfateError
 from nscfate.estimation import FateEstimator
 from nscfate.evaluation.evaluate import LOGIT_COLUMNS, inference_copy, logits_and_features
 
@@ -78,10 +79,11 @@ class FateModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints
         """Calibrated probabilities (one column per fate), ``fate``, ``logit_*``, ``ood_score``
-        (NaN without a detector) and ``ood``."""
+        (NaN without a detector) and ``ood``. ``params={"days": [...]}``: each crop's day of
+        culture (NaN where unknown), for the model's calibration per day; none: pooled."""
         logits, features = self.logits_and_features(model_input)
         estimator = self.estimator or FateEstimator.plain(len(CLASSES))
-        probs = estimator.probabilities(logits)
+        probs = estimator.probabilities(logits, crop_days(params, len(logits)))
         table = pd.DataFrame(probs, columns=list(CLASSES))
         table["fate"] = np.asarray(CLASSES)[probs.argmax(1)]
         table[LOGIT_COLUMNS] = logits
@@ -90,8 +92,20 @@ class FateModel(mlflow.pyfunc.PythonModel):
         return table
 
 
+def crop_days(params: dict | None, n: int) -> np.ndarray | None:
+    """The ``days`` parameter as one float per crop (None when not given or empty)."""
+    days = (params or {}).get("days")
+    if days is None or len(days) == 0:
+        return None
+    days = np.asarray(days, dtype=np.float64)
+    if days.shape != (n,):
+        raise NscfateError(f"params days: expected one day per crop ({n}), got shape {days.shape}")
+    return days
+
+
 def signature() -> ModelSignature:
-    """Input: a stack of grey crops N x H x W (any H, W); output: probabilities and fate."""
+    """Input: a stack of grey crops N x H x W (any H, W); output: probabilities and fate;
+    parameter ``days``: each crop's day of culture (empty: unknown)."""
     outputs = Schema(
         [
             *(ColSpec("double", c) for c in CLASSES),
@@ -102,7 +116,9 @@ def signature() -> ModelSignature:
         ]
     )
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1))]), outputs=outputs
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1))]),
+        outputs=outputs,
+        params=ParamSchema([ParamSpec("days", "double", [], (-1,))]),
     )
 
 
