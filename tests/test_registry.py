@@ -7,6 +7,8 @@ import os
 import re
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -365,6 +367,17 @@ def test_predict_cli_fails_with_one_line_and_writes_nothing(registry, tmp_path, 
     assert "Traceback" not in stderr and not (tmp_path / "out.csv").exists()
 
 
+def _post(url: str, body: dict) -> dict:
+    """POST a JSON request to a model server's /invocations; its JSON answer."""
+    request = urllib.request.Request(
+        f"{url}/invocations",
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        return json.loads(answer.read())
+
+
 def _readme_block(marker: str) -> str:
     text = (REPO / "README.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
@@ -394,6 +407,13 @@ def test_model_server_answers_like_predict(registry, tmp_path, sample_pngs):
         assert proc.returncode == 0, proc.stderr
         answer = json.loads(proc.stdout)["predictions"]
         served = pd.DataFrame(answer)
+        # each crop's day of culture rides along as the model's `days` parameter
+        request = json.loads((tmp_path / "request.json").read_text())
+        with_days = _post(url, request | {"params": {"days": [1.0] * len(sample_pngs)}})
+        assert len(with_days["predictions"]) == len(sample_pngs)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            _post(url, request | {"params": {"days": [1.0, 3.0]}})
+        assert "one day per crop" in refused.value.read().decode()
     code, _, stderr = run_cli(
         "predict",
         "model=models:/nscfate@champion",
