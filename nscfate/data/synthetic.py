@@ -658,6 +658,7 @@ def _parts(s: SynthSettings) -> list[_Part]:
     (its own pixel stream) and the inducer rows are rendered from the dataset without it, chunk
     by chunk as there, so their pixels too stay as they were.
     """
+    n = len(CLASSES) * len(s.days) * s.cells_per_group  # control rows of the base layout
     if s.control_batches_per_group in (None, s.batches_per_group):
         base = _describe_layout(replace(s, control_batches_per_group=None))
     else:
@@ -667,7 +668,6 @@ def _parts(s: SynthSettings) -> list[_Part]:
             )
         )
         inducers = _describe_layout(replace(s, control_batches_per_group=None))
-        n = len(CLASSES) * len(s.days) * s.cells_per_group
         base = _stack_rows(control, slice(0, n), inducers, slice(n, len(inducers[0])))
     if s.control_cells_per_group in (None, s.cells_per_group):
         return [_Part(base, slice(0, len(base[0])), _PIXEL_STREAM)]
@@ -680,7 +680,6 @@ def _parts(s: SynthSettings) -> list[_Part]:
         conditions=(),
     )
     head = _describe_layout(control_only)
-    n = len(CLASSES) * len(s.days) * s.cells_per_group
     return [
         _Part(head, slice(0, len(head[0])), _CONTROL_PIXEL_STREAM),
         _Part(base, slice(n, len(base[0])), _PIXEL_STREAM),
@@ -688,9 +687,9 @@ def _parts(s: SynthSettings) -> list[_Part]:
 
 
 def _stacked(parts: list[_Part]) -> Description:
-    """The parts' rows, one after the other, as one description."""
-    first = parts[0]
-    out = _stack_rows(first.description, first.rows, first.description, slice(0, 0))
+    """The parts' rows, one after the other, as one description (the first part is a whole
+    layout: :func:`_parts`)."""
+    out = parts[0].description
     for part in parts[1:]:
         out = _stack_rows(out, slice(None), part.description, part.rows)
     return out

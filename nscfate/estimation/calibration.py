@@ -40,9 +40,8 @@ class Calibration:
         """No calibration: plain softmax."""
         return cls("none", (1.0,) * num_classes, (0.0,) * num_classes)
 
-    def probabilities(self, logits: np.ndarray, days: np.ndarray | None = None) -> np.ndarray:
-        """Calibrated class probabilities (N, K) from raw logits (N, K); ``days`` is ignored (one
-        map for every cell)."""
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities (N, K) from raw logits (N, K)."""
         z = np.asarray(logits, dtype=np.float64) * np.asarray(self.scale) + np.asarray(self.bias)
         z -= z.max(axis=1, keepdims=True)
         p = np.exp(z)
@@ -75,11 +74,6 @@ class DayCalibration:
     def method(self) -> str:
         """The calibration method of every map."""
         return self.pooled.method
-
-    @property
-    def temperature(self) -> float:
-        """The pooled map's temperature."""
-        return self.pooled.temperature
 
     def probabilities(self, logits: np.ndarray, days: np.ndarray | None = None) -> np.ndarray:
         """Calibrated class probabilities (N, K): each cell through its day's map (``days``, one
@@ -137,8 +131,9 @@ def fit_day_calibrations(
     fitted_days = calibrated_days(y, days, z.shape[1]) if by_day and method != "none" else []
     starts = dict(start.days) if start else {}
     per_day = []
+    day_of = np.asarray(days, dtype=np.float64) if fitted_days else None
     for day in fitted_days:
-        on_day = np.asarray(days, dtype=np.float64) == day
+        on_day = day_of == day
         weights_on_day = w[:, on_day]
         # a bootstrap draw without a day's cells keeps the pooled map for that day
         empty = weights_on_day.sum(axis=1) == 0
