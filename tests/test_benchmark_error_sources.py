@@ -101,3 +101,53 @@ def test_a_runs_synthetic_settings_come_from_all_its_logged_params():
     assert run_synth_settings(older | {"data.synthetic.control_batches_per_group": "None"}) == (
         SynthSettings(cells_per_group=300)
     )
+
+
+def test_label_shift_floor_is_the_error_of_cells_that_behave_like_test_cells():
+    """The floor rebuilds each inducer condition from test cells: an estimate whose inducer cells
+    are read with a bias (toward the first fate) errs well above it, while the floor stays what
+    the finite cells of an unbiased plate give."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pandas as pd
+
+    from benchmarks.fate_error_sources import label_shift_floor
+    from nscfate.data.schema import CLASSES
+    from nscfate.estimation import EstimationSettings, fit_estimator
+    from nscfate.evaluation.evaluate import LOGIT_COLUMNS, fate_fractions, fraction_metrics
+
+    rng = np.random.default_rng(1)
+
+    def cells(split: str, condition: str, mix: list[float], n: int, bias: float) -> pd.DataFrame:
+        labels = rng.choice(3, n, p=mix)
+        logits = 1.5 * np.eye(3)[labels] + rng.normal(0, 1.0, (n, 3))
+        logits[:, 0] += bias
+        names = np.array(CLASSES)
+        return pd.DataFrame(logits, columns=LOGIT_COLUMNS).assign(
+            label=names[labels],
+            predicted=names[logits.argmax(1)],
+            split=split,
+            condition=condition,
+            day=rng.choice([1.0, 3.0], n),
+        )
+
+    val = cells("val", "control", [1 / 3] * 3, 3000, 0.0)
+    settings = EstimationSettings(n_boot=0)
+    estimator = fit_estimator(
+        settings,
+        val[LOGIT_COLUMNS].to_numpy(),
+        val["label"].map(CLASSES.index).to_numpy(),
+        val_days=val["day"].to_numpy(),
+    )
+    test = cells("test", "control", [1 / 3] * 3, 3000, 0.0)
+    plates = [("A", [0.6, 0.3, 0.1]), ("B", [0.2, 0.2, 0.6])]
+    biased = pd.concat(
+        [test, *(cells(f"indep:{c}", c, mix, 1200, 0.6) for c, mix in plates)], ignore_index=True
+    )
+    floor = label_shift_floor(SimpleNamespace(estimator=estimator, cells=biased), rounds=20)
+    indep = biased[biased["split"] != "test"]
+    actual = fraction_metrics(fate_fractions(indep, estimator))["indep/frac_mae"]
+    assert 0.0 < floor["label_shift_floor_frac_mae"] < 0.025
+    assert floor["label_shift_floor_frac_max_err"] >= floor["label_shift_floor_frac_mae"]
+    assert actual > 2 * floor["label_shift_floor_frac_mae"]  # the bias is not in the floor
