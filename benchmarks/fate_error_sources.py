@@ -21,9 +21,10 @@ cultures on that layout, as the demo's validation split), which separates what t
 what its reference of many validation cultures brings. Each line: accuracy on
 the test split and on the inducer conditions, the fraction error (estimated and counted), and the
 latent oracle's fraction error on the same split (its posteriors through the same correction); and
-the error the finite cells alone leave with this model: each inducer condition rebuilt from test
-cells of the same fates and days, so that label shift holds exactly (``label_shift_floor_*``; what
-is left above it comes from the inducer cultures' imaging as this network reads it).
+the error of plates that differ from control by their fate mix alone: each inducer condition
+rebuilt from test cells of the same fates and days, so that label shift holds exactly
+(``label_shift_floor_*``: finite cells, and test cultures that are not the validation ones; what the
+inducer plates err above it comes from their own cultures and imaging as this network reads them).
 
 On the data as generated, two more questions about the correction's reference (the validation
 cells it learns the model's errors from, one culture per fate and day):
@@ -205,10 +206,12 @@ def reference_questions(evaluation, datamodule, rounds: int = 200) -> dict:
 
 
 def label_shift_floor(evaluation, rounds: int = 100) -> dict:
-    """The fraction error left by the finite cells alone: each inducer condition rebuilt from the
-    test split's cells (drawn with replacement, the same number of each fate on each day as the
-    condition has), so label shift holds exactly, then estimated with the run's own calibration and
-    correction. Seeded; mean over ``rounds`` rebuilds of the error over conditions x fates."""
+    """The fraction error of plates that differ from control by their fate mix alone: each inducer
+    condition rebuilt from the test split's cells (drawn with replacement, the same number of each
+    fate on each day as the condition has), so label shift holds exactly, then estimated with the
+    run's own calibration and correction. What is left is the finite cells and the test cultures
+    being other cultures than the validation ones the correction learned from. Seeded; mean over
+    ``rounds`` rebuilds of the error over conditions x fates."""
     est, cells = evaluation.estimator, evaluation.cells
     test = cells[cells["split"] == TEST]
     pools = {key: g for key, g in test.groupby(["label", "day"])}
