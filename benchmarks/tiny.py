@@ -6,7 +6,7 @@ and the benchmarks that run nscfate on tiny data (code_map.py)."""
 TINY_DATA = [
     "data.synthetic.cells_per_group=12",
     "data.synthetic.batches_per_group=4",
-    "data.synthetic.control_batches_per_group=null",  # a preset's 56 cultures would not fit 12 cells
+    "data.synthetic.control_batches_per_group=null",  # a preset's 168 cultures would not fit 12 cells
     "data.synthetic.control_cells_per_group=null",  # nor would it need a preset's 840 control cells
     "data.num_workers=0",
     "data.persistent_workers=false",
