@@ -214,7 +214,7 @@ def label_shift_floor(evaluation, rounds: int = 100) -> dict:
     ``rounds`` rebuilds of the error over conditions x fates."""
     est, cells = evaluation.estimator, evaluation.cells
     test = cells[cells["split"] == TEST]
-    pools = {key: g for key, g in test.groupby(["label", "day"])}
+    pools = dict(tuple(test.groupby(["label", "day"])))
     groups, truth = inducer_groups(cells)
     rng = np.random.default_rng(0)
     mae, worst = [], []

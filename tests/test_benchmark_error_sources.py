@@ -1,6 +1,35 @@
 """The error-sources benchmark's summary over several checkpoints."""
 
+import numpy as np
+import pandas as pd
+
 from benchmarks.fate_error_sources import number, summarise
+from nscfate.data.schema import CLASSES
+from nscfate.evaluation.evaluate import LOGIT_COLUMNS
+
+
+def simulated_cells(
+    rng: np.random.Generator,
+    split: str,
+    condition: str,
+    mix: list[float],
+    n: int,
+    strength: float = 1.2,
+    bias: float = 0.0,
+) -> pd.DataFrame:
+    """``n`` cells of fates drawn from ``mix`` with logits ``strength`` toward the true fate plus
+    unit noise (1.2: about 70 % right) and ``bias`` added to the first fate's, on days 1 or 3."""
+    labels = rng.choice(3, n, p=mix)
+    logits = strength * np.eye(3)[labels] + rng.normal(0, 1.0, (n, 3))
+    logits[:, 0] += bias
+    names = np.array(CLASSES)
+    return pd.DataFrame(logits, columns=LOGIT_COLUMNS).assign(
+        label=names[labels],
+        predicted=names[logits.argmax(1)],
+        split=split,
+        condition=condition,
+        day=rng.choice([1.0, 3.0], n),
+    )
 
 
 def test_summary_means_each_variant_over_checkpoints():
@@ -28,24 +57,13 @@ def test_counts_stay_integers_and_scales_floats():
 def test_own_test_reference_corrects_a_skewed_mix_from_the_test_split():
     """Calibration and correction refit on the data's test split: with the inducers' errors those
     of the test cells, EM recovers a skewed mix that counting misses."""
-    import numpy as np
-    import pandas as pd
-
     from benchmarks.fate_error_sources import own_test_reference
-    from nscfate.data.schema import CLASSES
     from nscfate.estimation import EstimationSettings
-    from nscfate.evaluation.evaluate import LOGIT_COLUMNS
 
     rng = np.random.default_rng(0)
 
     def cells(split: str, condition: str, mix: list[float], n: int) -> pd.DataFrame:
-        labels = rng.choice(3, n, p=mix)
-        logits = 1.2 * np.eye(3)[labels] + rng.normal(0, 1.0, (n, 3))  # about 70 % right
-        frame = pd.DataFrame(logits, columns=LOGIT_COLUMNS)
-        names = np.array(CLASSES)
-        return frame.assign(
-            label=names[labels], predicted=names[logits.argmax(1)], split=split, condition=condition
-        )
+        return simulated_cells(rng, split, condition, mix, n)
 
     data = pd.concat(
         [
@@ -109,28 +127,14 @@ def test_label_shift_floor_is_the_error_of_cells_that_behave_like_test_cells():
     the finite cells of an unbiased plate give."""
     from types import SimpleNamespace
 
-    import numpy as np
-    import pandas as pd
-
     from benchmarks.fate_error_sources import label_shift_floor
-    from nscfate.data.schema import CLASSES
     from nscfate.estimation import EstimationSettings, fit_estimator
-    from nscfate.evaluation.evaluate import LOGIT_COLUMNS, fate_fractions, fraction_metrics
+    from nscfate.evaluation.evaluate import fate_fractions, fraction_metrics
 
     rng = np.random.default_rng(1)
 
     def cells(split: str, condition: str, mix: list[float], n: int, bias: float) -> pd.DataFrame:
-        labels = rng.choice(3, n, p=mix)
-        logits = 1.5 * np.eye(3)[labels] + rng.normal(0, 1.0, (n, 3))
-        logits[:, 0] += bias
-        names = np.array(CLASSES)
-        return pd.DataFrame(logits, columns=LOGIT_COLUMNS).assign(
-            label=names[labels],
-            predicted=names[logits.argmax(1)],
-            split=split,
-            condition=condition,
-            day=rng.choice([1.0, 3.0], n),
-        )
+        return simulated_cells(rng, split, condition, mix, n, strength=1.5, bias=bias)
 
     val = cells("val", "control", [1 / 3] * 3, 3000, 0.0)
     settings = EstimationSettings(n_boot=0)
