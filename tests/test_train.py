@@ -249,3 +249,23 @@ def test_evaluation_runs_in_the_trainers_precision(tmp_path, data_dir):
     metrics, _ = train(cfg, callbacks=[Spy()])
     assert seen and all(seen)
     assert math.isfinite(metrics["test/f1_macro"]) and math.isfinite(metrics["test/ece"])
+
+
+def test_the_demo_recipe_validates_saves_and_evaluates_its_averaged_weights(tmp_path, data_dir):
+    """experiment=cpu_baseline averages the weights (EMA): the best checkpoint's state_dict is the
+    average, not the last step's weights, and the run's test metrics are those of the average
+    (re-evaluating the checkpoint, which reads state_dict, gives the same figures)."""
+    import torch
+
+    from nscfate.evaluation.checkpoint import evaluate_checkpoint
+
+    cfg = compose_train(tmp_path, data_dir, "experiment=cpu_baseline", "trainer.max_epochs=3")
+    metrics, objects = train(cfg)
+    ckpt = torch.load(objects["best_checkpoint"], map_location="cpu", weights_only=True)
+    averaged, last_step = ckpt["state_dict"], ckpt["current_model_state"]
+    weights = [k for k in averaged if k.startswith("net.") and averaged[k].is_floating_point()]
+    assert any(not torch.equal(averaged[k], last_step[k]) for k in weights)
+    tested = objects["module"].state_dict()
+    assert all(torch.equal(tested[k].cpu(), averaged[k]) for k in weights)
+    again, _ = evaluate_checkpoint(objects["best_checkpoint"])
+    assert again.metrics["test/f1_macro"] == pytest.approx(metrics["test/f1_macro"], abs=1e-6)
