@@ -127,11 +127,15 @@ def test_a_sweep_worker_keeps_nothing_of_its_finished_trials(tmp_path, data_dir)
         assert line["figures"] == 0 and line["children"] == 0, line
 
 
-def test_a_trial_that_cannot_be_promoted_logs_no_model_yet_promotion_builds_it(tmp_path, data_dir):
+def test_a_trial_that_cannot_be_promoted_logs_no_model_yet_promotion_builds_it(
+    tmp_path, data_dir, monkeypatch
+):
     """A sweep trial that is not the best so far (``promotable`` says no) logs neither the pyfunc
     model nor the held-out conditions' evaluation (``independent`` says no), but its test metrics,
-    plots and checkpoint; naming it for promotion builds the model from its checkpoint, which
-    predicts what the run's own evaluation predicted, and registers it."""
+    plots and checkpoint; naming it for promotion builds the model from its checkpoint, in the
+    run's experiment and under its artifact root (not MLflow's Default experiment, whose root is
+    ``./mlruns/0`` of whatever directory created the database), which predicts what the run's own
+    evaluation predicted, and registers it."""
     import pandas as pd
     from mlflow import MlflowClient
 
@@ -168,8 +172,16 @@ def test_a_trial_that_cannot_be_promoted_logs_no_model_yet_promotion_builds_it(t
     assert "plots/confusion_matrix.png" in shown and "plots/fate_fractions.png" not in shown
 
     # the best run of the experiment is still a candidate; naming it builds and logs its model
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # promotion from another directory writes nothing there
     candidate = best_run_of_experiment(client, "test", "test/f1_macro")
     assert candidate.run_id == result.run_id and candidate.model_uri.startswith("models:/")
+    model = client.get_logged_model(candidate.model_uri.removeprefix("models:/"))
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert model.experiment_id == run.info.experiment_id
+    assert model.artifact_location.startswith(experiment.artifact_location)
+    assert list(elsewhere.iterdir()) == []
     tags = client.get_run(result.run_id).data.tags
     assert tags[MODEL_URI_TAG] == candidate.model_uri and DEFERRED_MODEL_TAG not in tags
     assert resolve_model_uri(result.run_id, client) == candidate.model_uri

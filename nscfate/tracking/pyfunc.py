@@ -178,6 +178,7 @@ def log_fate_model(
         name="model",
         flavor=mlflow.pyfunc,
         run_id=run_id,
+        model_id=finished_run_model(run_id),
         python_model=FateModel(),
         artifacts={"weights": str(weights), "spec": str(spec), "estimation": str(estimation)},
         signature=signature(),
@@ -194,6 +195,23 @@ def log_fate_model(
             "nscfate",
         ],
     )
+
+
+def finished_run_model(run_id: str | None) -> str | None:
+    """For a model logged into a finished run: a logged model created in that run's experiment
+    (its id), else None. MLflow would file it under the active experiment, by default the Default
+    one, whose artifact root on a local store is ``./mlruns/0`` of the directory that created the
+    database, and list it apart from its run."""
+    if run_id is None:
+        return None
+    run = mlflow.MlflowClient().get_run(run_id)
+    model = mlflow.initialize_logged_model(
+        name="model",
+        source_run_id=run_id,
+        params=run.data.params,
+        experiment_id=run.info.experiment_id,
+    )
+    return model.model_id
 
 
 def has_model(tags: dict[str, str]) -> bool:
